@@ -1,0 +1,559 @@
+"""SAGAN generators and discriminators: ResNet (the paper's) and DCGAN (the older PyTorch port's).
+
+Paper: Zhang, Goodfellow, Metaxas, Odena, "Self-Attention Generative Adversarial Networks",
+ICML 2019, section 3, equations (1)-(3).
+
+What each part matches:
+- `SelfAttention(variant="official")`: the official code's `non_local.sn_non_local_block_sim`
+  (brain-research/self-attention-gan), which StudioGAN's `ops.SelfAttention`, MMGeneration's
+  `SelfAttentionBlock` and BigGAN-PyTorch's `layers.Attention` share. Its 1x1 convs are bias-free and
+  spectrally normalised: query C->C/8, key C->C/8, value C->C/2, with 2x2 max-pooling of keys and
+  values and an output conv C/2->C. It computes y = x + gamma * o, with no 1/sqrt(d) scaling and
+  gamma starting at 0.
+- `SelfAttention(variant="paper")`: the arXiv v1 text of eq. (1)-(3), as heykeetae/Self-Attention-GAN
+  implements it. Its 1x1 convs have biases: query C->C/8, key C->C/8, value C->C. It has no pooling
+  and no output conv.
+- ResNet G and D: StudioGAN `src/models/resnet.py`, which equals the official `generator_test` and
+  `discriminator_test` at 128 px. One table per resolution below gives the channels (multiples of
+  `conv_dim`) and where D downsamples. Class-conditional BN in G and a projection head in D (Miyato
+  and Koyama 2018) are used when `num_classes > 0`.
+- DCGAN G and D: heykeetae's `sagan_models.py` (conv-transpose G, LeakyReLU(0.1) D), generalised from
+  64 px to 32-256 px. Channels at feature size r are conv_dim * imsize / (2r), so 64 px gives exactly
+  heykeetae's 512-256-128-64.
+
+Span-masked ("non-local") attention, from zhengs81/SAGAN_PyTorch: with span s >= 1, each query
+excludes every key within Chebyshev distance <= s of itself, a (2s+1)^2 square that includes the
+query and is clipped at the border, before the softmax. s = 0 is plain SAGAN, with no mask at all.
+- Pooled keys (official variant): a key cell max-pools a 2x2 block of pixels. The cell is excluded
+  when any of its four pixels lies in the query's square. The max-pool may have taken its value from
+  any of the four, so this is the only rule under which no feature from inside the square reaches
+  the query.
+- Fully masked queries: a query whose every key is excluded (small maps, large spans) gets an
+  all-zero attention row. Its attention output is therefore 0 and the layer passes that position
+  through unchanged (y = x there). It never becomes average pooling (the zhengs81 behaviour) and
+  never NaN. A layer whose every query is fully masked is a configuration error (ValueError at build
+  time).
+- The mask is built once per (height, width, device, dtype) and cached on the module.
+
+Deliberate deviations from the official code (the README's "differences from the references" lists
+them too):
+1. Conditional BN gain is parameterised as 1 + delta(y), as in StudioGAN and BigGAN-PyTorch. With the
+   official ("xavier") init delta starts at 0, which equals the official gamma table starting at 1.
+   The CBN tables are not spectrally normalised by default (official). `cbn_sn=True` gives
+   StudioGAN's choice. The parameter count is the same either way.
+2. BN uses batch statistics in training and running averages (PyTorch momentum 0.1) in eval mode. The
+   official BN always uses batch statistics, with eps 1e-5 (our default). StudioGAN and MMGeneration
+   use eps 1e-4.
+3. The DCGAN model spectrally normalises every layer, including the attention convs and the output
+   layers that heykeetae leaves plain, as the paper applies SN to all layers of G and D. A conditional
+   DCGAN (CBN in G, projection in D) is our extension, since heykeetae has none.
+4. Attention placement at 128 px defaults to feat64 (StudioGAN, MMGeneration, BigGAN-PyTorch, the
+   paper's headline 52.52/18.65 row). The official training script wires feat32: pass
+   g_attn=(32,), d_attn=(32,) to get it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+import spectral
+
+ARCHS = ("resnet", "dcgan")
+ATTN_VARIANTS = ("official", "paper")
+INITS = ("xavier", "ortho", "pytorch")
+
+# ResNet generator: channel multiples of g_conv_dim at 4x4, then after each up-block (x2 each).
+RESNET_G = {
+    32: (4, 4, 4, 4),
+    64: (16, 8, 4, 2, 1),
+    128: (16, 16, 8, 4, 2, 1),
+    256: (16, 16, 8, 8, 4, 2, 1),
+}
+# ResNet discriminator: (channel multiple of d_conv_dim, downsamples) per block; block 0 is the
+# "optimized" first block.
+RESNET_D = {
+    32: ((2, True), (2, True), (2, False), (2, False)),
+    64: ((1, True), (2, True), (4, True), (8, True), (16, False)),
+    128: ((1, True), (2, True), (4, True), (8, True), (16, True), (16, False)),
+    256: ((1, True), (2, True), (4, True), (8, True), (8, True), (16, True), (16, False)),
+}
+# Default attention feature resolutions (G, D) per image size. ResNet: StudioGAN/MMGeneration
+# placements (32 px: 16/16, 64 px: 32/32, 128 px: feat64). 256 px: no reference trains SAGAN there;
+# we keep 64, as at 128. DCGAN: heykeetae's rule, G at imsize/4 and imsize/2, D at 8 and 4, with G
+# capped at 64 (an attention map at 128x128 is 16384 x 4096 entries, 256 MB per image in fp32).
+DEFAULT_ATTN = {
+    "resnet": {32: ((16,), (16,)), 64: ((32,), (32,)), 128: ((64,), (64,)), 256: ((64,), (64,))},
+    "dcgan": {32: ((8, 16), (8, 4)), 64: ((16, 32), (8, 4)), 128: ((32, 64), (8, 4)), 256: ((32, 64), (8, 4))},
+}
+IMSIZES = tuple(sorted(RESNET_G))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that determines the G and D layouts. It is stored in every checkpoint."""
+
+    imsize: int = 64
+    arch: str = "resnet"
+    z_dim: int = 128
+    g_conv_dim: int = 64
+    d_conv_dim: int = 64
+    num_classes: int = 0
+    g_attn: tuple[int, ...] | None = None  # feature resolutions; None: per-size default; (): none
+    d_attn: tuple[int, ...] | None = None
+    attn_variant: str = "official"
+    span: int = 0
+    g_sn: bool = True
+    cbn_sn: bool = False
+    sn_eps: float = 1e-12
+    bn_eps: float = 1e-5
+    init: str = "xavier"
+
+    def resolved(self) -> ModelConfig:
+        """This config with the per-size default attention filled in and everything validated."""
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.imsize not in IMSIZES:
+            raise ValueError(
+                f"image size {self.imsize} is not supported; choose one of {', '.join(map(str, IMSIZES))}"
+            )
+        if self.attn_variant not in ATTN_VARIANTS:
+            raise ValueError(f"unknown attention variant {self.attn_variant!r}; choose one of {', '.join(ATTN_VARIANTS)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.span < 0:
+            raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
+        for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        g_def, d_def = DEFAULT_ATTN[self.arch][self.imsize]
+        g_attn = g_def if self.g_attn is None else self.g_attn
+        d_attn = d_def if self.d_attn is None else self.d_attn
+        cfg = replace(self, g_attn=tuple(sorted(set(g_attn))), d_attn=tuple(sorted(set(d_attn))))
+        for net, attn, chans in (("generator", cfg.g_attn, g_channels(cfg)), ("discriminator", cfg.d_attn, d_channels(cfg))):
+            for r in attn:
+                if r not in chans:
+                    raise ValueError(
+                        f"{net} attention at {r}x{r} is impossible for {cfg.arch} {cfg.imsize} px; "
+                        f"valid feature resolutions: {', '.join(map(str, sorted(chans)))}"
+                    )
+                if chans[r] % 8:
+                    raise ValueError(
+                        f"{net} attention at {r}x{r} needs a channel count divisible by 8, got {chans[r]}; raise the conv_dim"
+                    )
+                if cfg.span and _span_mask(r, r, cfg.span, cfg.attn_variant == "official")[1].all():
+                    raise ValueError(
+                        f"span {cfg.span} excludes every key of every query in the {net}'s attention at {r}x{r}; "
+                        f"use a smaller span or place attention at a larger resolution"
+                    )
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        d = dict(d)
+        for k in ("g_attn", "d_attn"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def g_channels(cfg: ModelConfig) -> dict[int, int]:
+    """Generator feature resolution -> channels, for every place attention may go."""
+    if cfg.arch == "resnet":
+        mults = RESNET_G[cfg.imsize]
+        return {4 * 2**i: m * cfg.g_conv_dim for i, m in enumerate(mults) if i > 0}
+    return {r: _dcgan_ch(cfg.g_conv_dim, cfg.imsize, r) for r in _pow2(4, cfg.imsize // 2)}
+
+
+def d_channels(cfg: ModelConfig) -> dict[int, int]:
+    """Discriminator feature resolution -> channels, after the first block that reaches it."""
+    if cfg.arch == "resnet":
+        out: dict[int, int] = {}
+        res = cfg.imsize
+        for mult, down in RESNET_D[cfg.imsize]:
+            res //= 2 if down else 1
+            out.setdefault(res, mult * cfg.d_conv_dim)
+        return out
+    return {r: _dcgan_ch(cfg.d_conv_dim, cfg.imsize, r) for r in _pow2(4, cfg.imsize // 2)}
+
+
+def _pow2(lo: int, hi: int) -> list[int]:
+    return [2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
+
+
+def _dcgan_ch(conv_dim: int, imsize: int, res: int) -> int:
+    return conv_dim * imsize // (2 * res)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+def _sn(layer: nn.Module, on: bool, eps: float) -> nn.Module:
+    return spectral.spectral_norm(layer, eps=eps) if on else layer
+
+
+def conv(cin: int, cout: int, k: int, sn: bool, eps: float, bias: bool = True) -> nn.Module:
+    """k x k convolution, stride 1, 'same' padding, optionally spectrally normalised."""
+    return _sn(nn.Conv2d(cin, cout, k, 1, k // 2, bias=bias), sn, eps)
+
+
+class CondBatchNorm2d(nn.Module):
+    """BatchNorm whose gain 1 + delta(y) and bias beta(y) are per-class tables; plain affine BN if no classes."""
+
+    def __init__(self, channels: int, num_classes: int, eps: float, sn: bool = False, sn_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=num_classes == 0)
+        if num_classes > 0:
+            self.gain = _sn(nn.Embedding(num_classes, channels), sn, sn_eps)
+            self.bias = _sn(nn.Embedding(num_classes, channels), sn, sn_eps)
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = self.bn(x)
+        if self.num_classes == 0:
+            return h
+        gain = 1 + self.gain(y)[:, :, None, None]  # (B, C, 1, 1)
+        return h * gain + self.bias(y)[:, :, None, None]
+
+
+def _span_mask(h: int, w: int, span: int, pooled: bool, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """(excluded (N, M) bool, fully_masked (N,) bool) for queries on an h x w grid.
+
+    Keys are pixels, or 2x2 cells when `pooled`. A key is excluded when some pixel it covers lies
+    within Chebyshev distance `span` of the query.
+    """
+    qi = torch.arange(h, device=device)
+    qj = torch.arange(w, device=device)
+    step = 2 if pooled else 1
+    lo_i = torch.arange(0, h - step + 1, step, device=device)  # first pixel row of each key
+    lo_j = torch.arange(0, w - step + 1, step, device=device)
+    hi_i, hi_j = lo_i + step - 1, lo_j + step - 1
+
+    def dist(q: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # (len(q), len(lo)): gap from q to [lo, hi]
+        return (lo[None] - q[:, None]).clamp(min=0) + (q[:, None] - hi[None]).clamp(min=0)
+
+    di = dist(qi, lo_i, hi_i)  # (h, h')
+    dj = dist(qj, lo_j, hi_j)  # (w, w')
+    cheb = torch.maximum(di[:, None, :, None], dj[None, :, None, :])  # (h, w, h', w')
+    excluded = (cheb <= span).reshape(h * w, len(lo_i) * len(lo_j))  # (N, M)
+    return excluded, excluded.all(dim=1)
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention, y = x + gamma * o (paper eq. 3), with an optional span mask."""
+
+    def __init__(
+        self, channels: int, variant: str = "official", span: int = 0, sn: bool = True, sn_eps: float = 1e-12
+    ) -> None:
+        super().__init__()
+        if variant not in ATTN_VARIANTS:
+            raise ValueError(f"unknown attention variant {variant!r}; choose one of {', '.join(ATTN_VARIANTS)}")
+        if channels % 8:
+            raise ValueError(f"attention needs a channel count divisible by 8, got {channels}")
+        self.variant = variant
+        self.span = span
+        self.pooled = variant == "official"
+        ck = channels // 8
+        if variant == "official":
+            cv = channels // 2
+            self.query = conv(channels, ck, 1, sn, sn_eps, bias=False)
+            self.key = conv(channels, ck, 1, sn, sn_eps, bias=False)
+            self.value = conv(channels, cv, 1, sn, sn_eps, bias=False)
+            self.out = conv(cv, channels, 1, sn, sn_eps, bias=False)
+        else:
+            self.query = conv(channels, ck, 1, sn, sn_eps)
+            self.key = conv(channels, ck, 1, sn, sn_eps)
+            self.value = conv(channels, channels, 1, sn, sn_eps)
+            self.out = None
+        self.gamma = nn.Parameter(torch.zeros(()))
+        self._masks: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def mask(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(additive bias (N, M), row keep (N, 1)) for the span mask, built once per shape/device/dtype."""
+        key = (h, w, device, dtype)
+        if key not in self._masks:
+            excluded, full = _span_mask(h, w, self.span, self.pooled, device)
+            excluded = excluded & ~full[:, None]  # fully masked rows: softmax unmasked, then zeroed
+            bias = torch.zeros(excluded.shape, device=device, dtype=dtype).masked_fill(excluded, float("-inf"))
+            keep = (~full).to(dtype)[:, None]
+            self._masks[key] = (bias, keep)
+        return self._masks[key]
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        b, c, h, w = x.shape
+        q = self.query(x).flatten(2)  # (B, C/8, N)
+        k = self.key(x)  # (B, C/8, H, W)
+        v = self.value(x)  # (B, Cv, H, W)
+        if self.pooled:
+            k = F.max_pool2d(k, 2)  # (B, C/8, H/2, W/2)
+            v = F.max_pool2d(v, 2)
+        k = k.flatten(2)  # (B, C/8, M)
+        v = v.flatten(2)  # (B, Cv, M)
+        energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, M), no 1/sqrt(d)
+        if self.span:
+            bias, keep = self.mask(h, w, x.device, energy.dtype)
+            attn = F.softmax(energy + bias, dim=-1) * keep  # (B, N, M)
+        else:
+            attn = F.softmax(energy, dim=-1)  # (B, N, M): softmax over keys
+        o = torch.bmm(v, attn.transpose(1, 2)).view(b, -1, h, w)  # (B, Cv, H, W)
+        if self.out is not None:
+            o = self.out(o)  # (B, C, H, W)
+        y = x + self.gamma * o
+        return (y, attn) if return_attn else y
+
+
+# ----------------------------------------------------------------------------------------------
+# ResNet blocks (StudioGAN resnet.py / official generator_test, discriminator_test)
+
+
+class GBlock(nn.Module):
+    """CBN-ReLU-up2-conv3-CBN-ReLU-conv3, shortcut up2-conv1."""
+
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        sn, eps = cfg.g_sn, cfg.sn_eps
+        self.bn1 = CondBatchNorm2d(cin, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, eps)
+        self.conv1 = conv(cin, cout, 3, sn, eps)
+        self.bn2 = CondBatchNorm2d(cout, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, eps)
+        self.conv2 = conv(cout, cout, 3, sn, eps)
+        self.shortcut = conv(cin, cout, 1, sn, eps)
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")  # (B, Cin, 2H, 2W)
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))  # (B, Cout, 2H, 2W)
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DBlock(nn.Module):
+    """ReLU-conv3-ReLU-conv3-[avgpool]; the first ("optimized") block is conv3-ReLU-conv3-avgpool.
+
+    Shortcut: conv1-[avgpool] when the block downsamples or changes channels, else identity; the
+    optimized block pools before its conv1.
+    """
+
+    def __init__(self, cin: int, cout: int, down: bool, first: bool, eps: float) -> None:
+        super().__init__()
+        self.down, self.first = down, first
+        self.conv1 = conv(cin, cout, 3, True, eps)
+        self.conv2 = conv(cout, cout, 3, True, eps)
+        self.shortcut = conv(cin, cout, 1, True, eps) if (first or down or cin != cout) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x if self.first else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.down:
+            h = F.avg_pool2d(h, 2)
+        if self.first:
+            return h + self.shortcut(F.avg_pool2d(x, 2))
+        s = x
+        if self.shortcut is not None:
+            s = self.shortcut(s)
+            if self.down:
+                s = F.avg_pool2d(s, 2)
+        return h + s
+
+
+# ----------------------------------------------------------------------------------------------
+# DCGAN layers (heykeetae sagan_models.py)
+
+
+class UpConv(nn.Module):
+    """SN-ConvTranspose (x2, or 1x1 -> 4x4 for the head) - (C)BN - ReLU."""
+
+    def __init__(self, cin: int, cout: int, head: bool, cfg: ModelConfig) -> None:
+        super().__init__()
+        layer = nn.ConvTranspose2d(cin, cout, 4) if head else nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+        self.conv = _sn(layer, cfg.g_sn, cfg.sn_eps)
+        self.bn = CondBatchNorm2d(cout, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, cfg.sn_eps)
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        return F.relu(self.bn(self.conv(x), y))
+
+
+class DownConv(nn.Module):
+    """SN-Conv 4x4 stride 2 - LeakyReLU(0.1)."""
+
+    def __init__(self, cin: int, cout: int, eps: float) -> None:
+        super().__init__()
+        self.conv = _sn(nn.Conv2d(cin, cout, 4, 2, 1), True, eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(self.conv(x), 0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+
+
+def _run(blocks: nn.ModuleList, h: Tensor, y: Tensor | None, attn_maps: list[Tensor] | None, cond: bool) -> Tensor:
+    """Apply blocks and attention layers in order, collecting attention maps when asked."""
+    for block in blocks:
+        if isinstance(block, SelfAttention):
+            if attn_maps is None:
+                h = block(h)
+            else:
+                h, a = block(h, return_attn=True)
+                attn_maps.append(a)
+        else:
+            h = block(h, y) if cond else block(h)
+    return h
+
+
+def _check_labels(num_classes: int, y: Tensor | None, batch: int) -> None:
+    if num_classes > 0 and y is None:
+        raise ValueError(f"this model is class-conditional ({num_classes} classes): pass labels y")
+    if num_classes > 0 and y is not None and y.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+
+
+class Generator(nn.Module):
+    """G(z, y) -> images in [-1, 1], (B, 3, imsize, imsize)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        sn, eps = cfg.g_sn, cfg.sn_eps
+        self.blocks = nn.ModuleList()
+        attn = set(cfg.g_attn)
+
+        def add_attn(res: int, ch: int) -> None:
+            if res in attn:
+                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, sn, eps))
+
+        if cfg.arch == "resnet":
+            chans = [m * cfg.g_conv_dim for m in RESNET_G[cfg.imsize]]
+            self.head = _sn(nn.Linear(cfg.z_dim, chans[0] * 16), sn, eps)
+            for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:]), start=1):
+                self.blocks.append(GBlock(cin, cout, cfg))
+                add_attn(4 * 2**i, cout)
+            self.bn_out = nn.BatchNorm2d(chans[-1], eps=cfg.bn_eps)
+            self.conv_out = conv(chans[-1], 3, 3, sn, eps)
+        else:
+            ch = {r: _dcgan_ch(cfg.g_conv_dim, cfg.imsize, r) for r in _pow2(4, cfg.imsize // 2)}
+            self.blocks.append(UpConv(cfg.z_dim, ch[4], True, cfg))
+            add_attn(4, ch[4])
+            for r in _pow2(8, cfg.imsize // 2):
+                self.blocks.append(UpConv(ch[r // 2], ch[r], False, cfg))
+                add_attn(r, ch[r])
+            self.conv_out = _sn(nn.ConvTranspose2d(ch[cfg.imsize // 2], 3, 4, 2, 1), sn, eps)
+        init_weights(self, cfg.init)
+
+    def forward(self, z: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        _check_labels(self.cfg.num_classes, y, z.shape[0])
+        maps: list[Tensor] | None = [] if return_attn else None
+        if self.cfg.arch == "resnet":
+            h = self.head(z).view(z.shape[0], -1, 4, 4)  # (B, C0, 4, 4)
+            h = _run(self.blocks, h, y, maps, cond=True)  # (B, C, imsize, imsize)
+            h = self.conv_out(F.relu(self.bn_out(h)))
+        else:
+            h = _run(self.blocks, z[:, :, None, None], y, maps, cond=True)  # (B, C, imsize/2, imsize/2)
+            h = self.conv_out(h)
+        img = torch.tanh(h)  # (B, 3, imsize, imsize)
+        return (img, maps) if return_attn else img
+
+
+class Discriminator(nn.Module):
+    """D(x, y) -> one logit per image, (B,); projection term <embed(y), h> when conditional."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        eps = cfg.sn_eps
+        self.blocks = nn.ModuleList()
+        pending = set(cfg.d_attn)
+
+        def add_attn(res: int, ch: int) -> None:
+            if res in pending:  # after the first block reaching this resolution
+                pending.discard(res)
+                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, True, eps))
+
+        res, cin = cfg.imsize, 3
+        if cfg.arch == "resnet":
+            for i, (mult, down) in enumerate(RESNET_D[cfg.imsize]):
+                cout = mult * cfg.d_conv_dim
+                self.blocks.append(DBlock(cin, cout, down, i == 0, eps))
+                res //= 2 if down else 1
+                add_attn(res, cout)
+                cin = cout
+            self.head = _sn(nn.Linear(cin, 1), True, eps)
+        else:
+            for r in _pow2(4, cfg.imsize // 2)[::-1]:
+                cout = _dcgan_ch(cfg.d_conv_dim, cfg.imsize, r)
+                self.blocks.append(DownConv(cin, cout, eps))
+                add_attn(r, cout)
+                cin = cout
+            self.head = _sn(nn.Conv2d(cin, 1, 4), True, eps)
+        if cfg.num_classes > 0:
+            self.embed = _sn(nn.Embedding(cfg.num_classes, cin), True, eps)
+        init_weights(self, cfg.init)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        _check_labels(self.cfg.num_classes, y, x.shape[0])
+        maps: list[Tensor] | None = [] if return_attn else None
+        h = _run(self.blocks, x, None, maps, cond=False)  # (B, C, 4, 4)
+        if self.cfg.arch == "resnet":
+            h = F.relu(h).sum(dim=(2, 3))  # (B, C): global sum pool
+            out = self.head(h).squeeze(1)  # (B,)
+        else:
+            out = self.head(h).flatten()  # (B,)
+            h = h.sum(dim=(2, 3))  # (B, C) for the projection
+        if self.cfg.num_classes > 0:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return (out, maps) if return_attn else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Initialise conv/linear/embedding weights, then re-warm the spectral-norm vectors.
+
+    - "xavier": the official code (Xavier/Glorot uniform weights, zero biases; CBN tables start at
+      gain 1, bias 0; the projection embedding is Xavier too, as in `ops.sn_embedding`).
+    - "ortho": StudioGAN `ops.init_weights` (orthogonal weights and embeddings, zero biases; CBN tables
+      orthogonal as well).
+    - "pytorch": PyTorch's defaults (heykeetae's port); CBN tables start at gain 1, bias 0.
+    Spectrally normalised CBN tables (`cbn_sn=True`) get the scheme's weight init instead of zeros,
+    since W / sigma(W) is undefined at W = 0.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INITS)}")
+    cbn_tables = {id(t) for m in model.modules() if isinstance(m, CondBatchNorm2d) and m.num_classes for t in (m.gain, m.bias)}
+    for m in model.modules():
+        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            continue
+        w = spectral.original_weight(m)
+        if id(m) in cbn_tables and scheme != "ortho" and not spectral.is_normalised(m):
+            w.zero_()  # gain 1 + 0, bias 0; a spectrally normalised table cannot start at 0 (sigma = 0)
+            continue
+        if scheme == "xavier":
+            init.xavier_uniform_(w)
+        elif scheme == "ortho":
+            init.orthogonal_(w)
+        if scheme != "pytorch" and getattr(m, "bias", None) is not None:
+            m.bias.zero_()
+    spectral.reset(model)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

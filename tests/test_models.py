@@ -1,0 +1,194 @@
+"""Generator and discriminator: reference parameter counts, shapes for every layout, conditioning, errors."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import spectral
+from sagan_models import (
+    ARCHS,
+    IMSIZES,
+    CondBatchNorm2d,
+    Discriminator,
+    Generator,
+    ModelConfig,
+    SelfAttention,
+    count_params,
+)
+
+# (config, G params, D params): StudioGAN's training logs and heykeetae's port.
+PARITY = {
+    "studiogan_cifar10_sagan": (ModelConfig(imsize=32, num_classes=10, g_attn=(16,), d_attn=(16,)), 4_386_308, 1_075_586),
+    "studiogan_cifar10_sngan": (ModelConfig(imsize=32, num_classes=10, g_attn=(), d_attn=(), g_sn=False), 4_304_387, 1_055_105),
+    "studiogan_imagenet_sagan": (ModelConfig(imsize=128, num_classes=1000, g_attn=(64,), d_attn=(64,)), 42_017_412, 39_448_258),
+    "heykeetae_dcgan_64": (
+        ModelConfig(imsize=64, arch="dcgan", attn_variant="paper", g_attn=(16, 32), d_attn=(8, 4)),
+        3_832_885,
+        3_175_299,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_parameter_counts_match_references(name: str) -> None:
+    cfg, g_params, d_params = PARITY[name]
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "init": "pytorch"})  # init does not change counts; fastest
+    assert count_params(Generator(cfg)) == g_params
+    assert count_params(Discriminator(cfg)) == d_params
+
+
+def _tiny(arch: str, imsize: int, num_classes: int, **kw) -> ModelConfig:
+    return ModelConfig(imsize=imsize, arch=arch, num_classes=num_classes, g_conv_dim=8, d_conv_dim=8, z_dim=16, **kw)
+
+
+@pytest.mark.parametrize("num_classes", [0, 7])
+@pytest.mark.parametrize("imsize", IMSIZES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_finite(arch: str, imsize: int, num_classes: int) -> None:
+    cfg = _tiny(arch, imsize, num_classes)
+    g, d = Generator(cfg), Discriminator(cfg)
+    z = torch.randn(2, 16)
+    y = torch.tensor([0, num_classes - 1]) if num_classes else None
+    x = g(z, y)
+    assert x.shape == (2, 3, imsize, imsize)
+    assert x.abs().max() <= 1
+    logits = d(x, y)
+    assert logits.shape == (2,)
+    assert torch.isfinite(x).all() and torch.isfinite(logits).all()
+    assert len([m for m in g.modules() if isinstance(m, SelfAttention)]) == len(g.cfg.g_attn) > 0
+    assert len([m for m in d.modules() if isinstance(m, SelfAttention)]) == len(d.cfg.d_attn) > 0
+
+
+def test_backward_reaches_every_parameter() -> None:
+    cfg = _tiny("resnet", 32, 4, cbn_sn=True)
+    g, d = Generator(cfg), Discriminator(cfg)
+    for m in g.modules():
+        if isinstance(m, SelfAttention):
+            nn.init.constant_(m.gamma, 0.5)  # gamma = 0 would block the attention convs' gradients
+    for m in d.modules():
+        if isinstance(m, SelfAttention):
+            nn.init.constant_(m.gamma, 0.5)
+    y = torch.tensor([0, 1, 2, 3])
+    d(g(torch.randn(4, 16), y), y).mean().backward()
+    for net in (g, d):
+        for name, p in net.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_maps_on_request(arch: str) -> None:
+    cfg = _tiny(arch, 32, 0, g_attn=(16,), d_attn=(8,))
+    g, d = Generator(cfg), Discriminator(cfg)
+    img, maps = g(torch.randn(3, 16), return_attn=True)
+    assert [tuple(m.shape) for m in maps] == [(3, 256, 64)]  # 16x16 queries, 8x8 pooled keys
+    _, dmaps = d(img, return_attn=True)
+    assert [tuple(m.shape) for m in dmaps] == [(3, 64, 16)]
+    assert isinstance(g(torch.randn(1, 16)), torch.Tensor)
+
+
+def test_paper_variant_maps_are_unpooled() -> None:
+    g = Generator(_tiny("dcgan", 32, 0, attn_variant="paper", g_attn=(8, 16)))
+    _, maps = g(torch.randn(2, 16), return_attn=True)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 64), (2, 256, 256)]
+
+
+@pytest.mark.parametrize("init", ["ortho", "xavier"])
+def test_conditional_generator_depends_on_label(init: str) -> None:
+    g = Generator(_tiny("resnet", 32, 10, init=init)).eval()
+    if init == "xavier":  # official init: CBN gain 1, bias 0 for every class, so labels act only after training
+        z = torch.randn(1, 16).repeat(2, 1)
+        same = g(z, torch.tensor([1, 2]))
+        assert torch.equal(same[0], same[1])
+        with torch.no_grad():
+            for m in g.modules():
+                if isinstance(m, CondBatchNorm2d):
+                    m.gain.weight.normal_(0, 0.3)
+                    m.bias.weight.normal_(0, 0.3)
+    z = torch.randn(1, 16).repeat(2, 1)
+    out = g(z, torch.tensor([1, 2]))
+    assert (out[0] - out[1]).abs().mean() > 1e-3
+
+
+def test_projection_discriminator_depends_on_label() -> None:
+    d = Discriminator(_tiny("resnet", 32, 10))
+    x = torch.randn(1, 3, 32, 32).repeat(2, 1, 1, 1)
+    out = d(x, torch.tensor([3, 4]))
+    assert out[0] != out[1]
+
+
+def test_unconditional_uses_plain_affine_bn() -> None:
+    g = Generator(_tiny("resnet", 32, 0))
+    cbns = [m for m in g.modules() if isinstance(m, CondBatchNorm2d)]
+    assert cbns and all(m.bn.affine and not hasattr(m, "gain") for m in cbns)
+    assert not hasattr(Discriminator(_tiny("resnet", 32, 0)), "embed")
+
+
+def test_labels_required_when_conditional() -> None:
+    g = Generator(_tiny("resnet", 32, 5))
+    with pytest.raises(ValueError, match="class-conditional"):
+        g(torch.randn(2, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(imsize=48), "image size 48 is not supported; choose one of 32, 64, 128, 256"),
+        (dict(imsize=32, g_attn=(4,)), "generator attention at 4x4 is impossible for resnet 32 px; valid feature resolutions: 8, 16, 32"),
+        (dict(imsize=64, d_attn=(64,)), "discriminator attention at 64x64 is impossible for resnet 64 px; valid feature resolutions: 4, 8, 16, 32"),
+        (dict(imsize=32, arch="dcgan", g_attn=(32,)), "valid feature resolutions: 4, 8, 16"),
+        (dict(imsize=64, g_conv_dim=2), "attention at 32x32 needs a channel count divisible by 8, got 4"),
+        (dict(arch="biggan"), "unknown architecture"),
+        (dict(attn_variant="x"), "unknown attention variant"),
+        (dict(init="normal"), "unknown init"),
+        (dict(span=-1), "span must be >= 0"),
+    ],
+)
+def test_impossible_configs_raise_value_error(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Generator(ModelConfig(**kwargs))
+
+
+def test_default_attention_per_size() -> None:
+    got = {s: (ModelConfig(imsize=s).resolved().g_attn, ModelConfig(imsize=s).resolved().d_attn) for s in IMSIZES}
+    assert got == {32: ((16,), (16,)), 64: ((32,), (32,)), 128: ((64,), (64,)), 256: ((64,), (64,))}
+    assert ModelConfig(imsize=64, arch="dcgan").resolved().g_attn == (16, 32)
+    assert ModelConfig(imsize=64, arch="dcgan").resolved().d_attn == (4, 8)
+
+
+def test_attention_is_placed_after_the_named_block() -> None:
+    g = Generator(_tiny("resnet", 64, 0, g_attn=(16,)))
+    kinds = [type(b).__name__ for b in g.blocks]
+    assert kinds == ["GBlock", "GBlock", "SelfAttention", "GBlock", "GBlock"]  # 8, 16, attn, 32, 64
+    d = Discriminator(_tiny("resnet", 32, 0, d_attn=(8,)))
+    assert [type(b).__name__ for b in d.blocks] == ["DBlock", "DBlock", "SelfAttention", "DBlock", "DBlock"]
+    assert [b.shortcut is None for b in d.blocks if not isinstance(b, SelfAttention)] == [False, False, True, True]
+
+
+def test_init_schemes() -> None:
+    g = Generator(_tiny("resnet", 32, 5, init="xavier"))
+    biases = [m.bias for m in g.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None]
+    assert biases and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+    tables = [t.weight for m in g.modules() if isinstance(m, CondBatchNorm2d) for t in (m.gain, m.bias)]
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in tables)
+    g = Generator(_tiny("resnet", 32, 5, init="ortho"))
+    w = spectral.original_weight(g.blocks[0].conv1).detach().flatten(1)  # (out, in*9), rows orthonormal
+    torch.testing.assert_close(w @ w.t(), torch.eye(w.shape[0]), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert torch.isfinite(Generator(_tiny("resnet", 32, 5, cbn_sn=True))(torch.randn(2, 16), torch.tensor([0, 1]))).all()
+
+
+def test_config_round_trip_and_unknown_keys() -> None:
+    cfg = ModelConfig(imsize=32, g_attn=(8, 16), span=1).resolved()
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys: colour"):
+        ModelConfig.from_dict({"colour": 1})
+
+
+def test_state_dict_round_trip_reproduces_outputs() -> None:
+    cfg = _tiny("resnet", 32, 3, span=1)
+    g1, g2 = Generator(cfg).eval(), Generator(cfg).eval()
+    g2.load_state_dict(g1.state_dict())
+    z, y = torch.randn(2, 16), torch.tensor([0, 2])
+    assert torch.equal(g1(z, y), g2(z, y))

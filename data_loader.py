@@ -1,0 +1,303 @@
+"""Datasets and the training data loader.
+
+Every dataset yields (image, label): a float tensor (3, imsize, imsize) in [-1, 1], and an integer
+label (0 for unlabelled data). `build_dataset` returns the dataset and its number of classes (0 when
+unlabelled). Random flips are applied per batch by the trainer (`--flip`), not here.
+
+| name       | on disk (under --image_path, default ./data)                     | preprocessing                         | labels |
+|------------|------------------------------------------------------------------|---------------------------------------|--------|
+| `shapes`   | nothing: generated (seeded, identical on every machine)          | drawn at 4x, downsampled (Lanczos)    | 4      |
+| `celeb`    | `CelebA/**` (heykeetae's layout) or `celeba/img_align_celeba/`   | centre crop 160, resize (heykeetae)   | none   |
+| `lsun`     | `<category>_train_lmdb/` (the LSUN lmdb export)                  | resize short side, centre crop        | none   |
+| `cifar10`  | `cifar-10-batches-py/data_batch_{1..5}` (python pickles)         | resize if imsize != 32                | 10     |
+| `imagenet` | `imagenet/train/<wnid>/*.JPEG` (ImageFolder)                     | centre crop of the long edge, resize  | per folder |
+| `folder`   | `--data_dir`: images, or one sub-folder of images per class      | centre crop of the long edge, resize  | per sub-folder, or none |
+
+A missing or empty dataset raises `DatasetError` with one line: what was looked for, where, and the
+`download.sh` command that fetches it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from argparse import Namespace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms as T
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be used; the message is one line that says what to do."""
+
+
+def _normalise() -> list[Callable]:
+    return [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+
+
+class CenterCropLongEdge:
+    """Crop the central square whose side is the short edge (BigGAN-PyTorch / MMGeneration)."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return T.functional.center_crop(img, min(img.size))
+
+
+def square_transform(imsize: int) -> T.Compose:
+    return T.Compose([CenterCropLongEdge(), T.Resize(imsize), *_normalise()])
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes: the built-in dataset
+
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+SHAPES_SIZE = 10_000
+SHAPES_SEED = 2019
+
+
+def render_shape(index: int, imsize: int, seed: int = SHAPES_SEED) -> tuple[Image.Image, int]:
+    """Image `index` of the shapes dataset: one shape of class index % 4 with random colour, size,
+    position and rotation on a plain background. The RNG is seeded by (seed, index) only."""
+    rng = np.random.default_rng([seed, index])
+    label = index % len(SHAPE_CLASSES)
+    s = 4 * imsize  # supersampled canvas
+    bg = tuple(int(c) for c in rng.integers(0, 90, 3))
+    fg = tuple(int(c) for c in rng.integers(120, 256, 3))
+    img = Image.new("RGB", (s, s), bg)
+    draw = ImageDraw.Draw(img)
+    radius = rng.uniform(0.18, 0.34) * s
+    cx, cy = rng.uniform(radius + 0.04 * s, s - radius - 0.04 * s, 2)
+    angle = rng.uniform(0, 2 * math.pi)
+
+    def poly(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        ca, sa = math.cos(angle), math.sin(angle)
+        return [(cx + radius * (x * ca - y * sa), cy + radius * (x * sa + y * ca)) for x, y in points]
+
+    name = SHAPE_CLASSES[label]
+    if name == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fg)
+    elif name == "square":
+        k = 1 / math.sqrt(2)
+        draw.polygon(poly([(-k, -k), (k, -k), (k, k), (-k, k)]), fill=fg)
+    elif name == "triangle":
+        draw.polygon(poly([(math.cos(a), math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]), fill=fg)
+    else:
+        w = 0.3
+        draw.polygon(poly([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]), fill=fg)
+    return img.resize((imsize, imsize), Image.LANCZOS), label
+
+
+class Shapes(Dataset):
+    """Procedurally generated, labelled shapes, rendered once into memory (uint8)."""
+
+    num_classes = len(SHAPE_CLASSES)
+
+    def __init__(self, imsize: int, size: int = SHAPES_SIZE, seed: int = SHAPES_SEED) -> None:
+        imgs, labels = [], []
+        for i in range(size):
+            img, label = render_shape(i, imsize, seed)
+            imgs.append(np.asarray(img))
+            labels.append(label)
+        self.images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+        self.labels = torch.tensor(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float() / 127.5 - 1.0, int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders (CelebA, ImageNet, any folder)
+
+
+def list_images(root: Path) -> list[Path]:
+    files = []
+    for d, dirs, names in os.walk(root):
+        dirs.sort()
+        files += [Path(d) / n for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+    return files
+
+
+class ImageFiles(Dataset):
+    """Image files with optional integer labels, decoded with PIL and converted to RGB."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, transform: Callable) -> None:
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as img:
+            x = self.transform(img.convert("RGB"))
+        return x, self.labels[i] if self.labels is not None else 0
+
+
+def class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """ImageFolder layout: one sub-folder per class (sorted), images anywhere below it."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    files, labels, used = [], [], []
+    for c in classes:
+        imgs = list_images(root / c)
+        if imgs:
+            labels += [len(used)] * len(imgs)
+            files += imgs
+            used.append(c)
+    return files, labels, used
+
+
+# ----------------------------------------------------------------------------------------------
+# LSUN (lmdb) and CIFAR-10 (pickles)
+
+
+class LSUN(Dataset):
+    """One LSUN category's lmdb export; values are encoded images. The lmdb handle opens lazily per worker."""
+
+    def __init__(self, db_path: Path, transform: Callable) -> None:
+        import lmdb
+
+        self.db_path, self.transform, self.env = str(db_path), transform, None
+        with lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False) as env:
+            with env.begin() as txn:
+                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "env": None}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.env is None:
+            import lmdb
+
+            self.env = lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False)
+        with self.env.begin() as txn:
+            buf = txn.get(self.keys[i])
+        with Image.open(io.BytesIO(buf)) as img:
+            return self.transform(img.convert("RGB")), 0
+
+
+class CIFAR10(Dataset):
+    """CIFAR-10 training set from the python pickles (`data_batch_1` .. `data_batch_5`)."""
+
+    num_classes = 10
+
+    def __init__(self, folder: Path, imsize: int) -> None:
+        data, labels = [], []
+        for k in range(1, 6):
+            with open(folder / f"data_batch_{k}", "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(batch["labels"])
+        self.images = torch.from_numpy(np.concatenate(data))  # (50000, 3, 32, 32) uint8
+        self.labels = torch.tensor(labels)
+        self.imsize = imsize
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i].float() / 127.5 - 1.0
+        if self.imsize != 32:
+            x = torch.nn.functional.interpolate(x[None], size=self.imsize, mode="bilinear", antialias=True, align_corners=False)[0]
+        return x, int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_dataset(args: Namespace) -> tuple[Dataset, int]:
+    """The dataset named by `args.dataset` (its first `--max_images` items, if set) and its number of classes."""
+    dataset, num_classes = _build_full(args)
+    n = getattr(args, "max_images", 0)
+    if n and n < len(dataset):
+        dataset = Subset(dataset, range(n))
+    return dataset, num_classes
+
+
+def _build_full(args: Namespace) -> tuple[Dataset, int]:
+    root = Path(args.image_path)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    name, imsize = args.dataset, args.imsize
+
+    if name == "shapes":
+        n = getattr(args, "max_images", 0)
+        return Shapes(imsize, size=min(n, SHAPES_SIZE) if n else SHAPES_SIZE), Shapes.num_classes
+
+    if name == "celeb":
+        candidates = [data_dir] if data_dir else [root / "CelebA", root / "celeba" / "img_align_celeba"]
+        for c in candidates:
+            files = list_images(c) if c.is_dir() else []
+            if files:
+                return ImageFiles(files, None, T.Compose([T.CenterCrop(160), T.Resize(imsize), *_normalise()])), 0
+        where = " and ".join(str(c) for c in candidates)
+        raise DatasetError(f"CelebA not found: no images under {where}; fetch it with: bash download.sh CelebA")
+
+    if name == "lsun":
+        cat = args.lsun_category
+        db = data_dir or root / f"{cat}_train_lmdb"
+        if not (db / "data.mdb").is_file():
+            raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: bash download.sh LSUN {cat}")
+        ds = LSUN(db, T.Compose([T.Resize(imsize), T.CenterCrop(imsize), *_normalise()]))
+        if len(ds) == 0:
+            raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh LSUN {cat}")
+        return ds, 0
+
+    if name == "cifar10":
+        folder = data_dir or root / "cifar-10-batches-py"
+        missing = [f"data_batch_{k}" for k in range(1, 6) if not (folder / f"data_batch_{k}").is_file()]
+        if missing:
+            raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh cifar10")
+        return CIFAR10(folder, imsize), CIFAR10.num_classes
+
+    if name == "imagenet":
+        folder = data_dir or root / "imagenet" / "train"
+        files, labels, classes = class_folders(folder)
+        if not files:
+            raise DatasetError(
+                f"ImageNet not found: no class folders of images under {folder}; download the ILSVRC2012 train set "
+                f"from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
+            )
+        return ImageFiles(files, labels, square_transform(imsize)), len(classes)
+
+    if name == "folder":
+        folder = data_dir or root
+        files, labels, classes = class_folders(folder)
+        top = [f for f in list_images(folder) if f.parent == folder] if folder.is_dir() else []
+        if len(classes) >= 2 and not top:
+            return ImageFiles(files, labels, square_transform(imsize)), len(classes)
+        files = list_images(folder) if folder.is_dir() else []
+        if not files:
+            raise DatasetError(f"no images found under {folder}; pass --data_dir with a folder of images (optionally one sub-folder per class)")
+        return ImageFiles(files, None, square_transform(imsize)), 0
+
+    raise DatasetError(f"unknown dataset {name!r}")
+
+
+def get_loader(args: Namespace, dataset: Dataset, device: torch.device) -> DataLoader:
+    """Shuffled, drop-last loader; workers persist across epochs; pinned memory on CUDA."""
+    if args.batch_size > len(dataset):
+        raise DatasetError(f"--batch_size {args.batch_size} is larger than the dataset ({len(dataset)} images); use a smaller batch")
+    g = torch.Generator().manual_seed(args.seed)
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.num_workers > 0,
+        generator=g,
+    )

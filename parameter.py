@@ -1,0 +1,147 @@
+"""Command-line flags.
+
+Every flag of heykeetae/Self-Attention-GAN's `parameter.py` keeps its name and meaning, so that port's
+command lines run unchanged. Flags that port accepted but ignored now do what their names say:
+`--d_iters` (= `--n_dis`), `--num_workers`, `--parallel` (DataParallel over all visible GPUs),
+`--use_tensorboard`, `--attn_path` and `--lr_decay`. Defaults follow the paper and the official code
+where the port differed:
+- `--adv_loss hinge` (the port defaulted to wgan-gp; the paper and every reference use hinge).
+- `--beta2 0.999` (official code; the port and the paper's text say 0.9).
+- `--d_iters 1` (TTUR, one D step per G step, as in the paper; the port's value 5 was ignored).
+- `--dataset shapes` (the built-in dataset; the port's default `cifar` had no loader).
+- `--lr_decay 1.0`, i.e. no decay (the paper uses constant learning rates; the port never applied its 0.95).
+- `--model_save_step` counts steps (the port's default 1.0 meant every step).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from sagan_models import ARCHS, ATTN_VARIANTS, INITS, IMSIZES
+
+DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder")
+LOSSES = ("hinge", "wgan-gp", "ns")
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+def str2bool(v: str | bool) -> bool:
+    """Exact-match boolean: true/false, 1/0, yes/no, on/off (case-insensitive); anything else is an error."""
+    if isinstance(v, bool):
+        return v
+    s = v.strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {v!r}")
+
+
+def resolutions(v: str) -> tuple[int, ...] | None:
+    """'16,32' -> (16, 32); 'none' or '' -> (); 'default' -> None (per-size default)."""
+    s = v.strip().lower()
+    if s == "default":
+        return None
+    if s in ("none", ""):
+        return ()
+    try:
+        return tuple(int(t) for t in s.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated feature resolutions such as 16,32, or none; got {v!r}")
+
+
+def optional_step(v: str) -> str | None:
+    """--pretrained_model: a step number, 'latest', or None."""
+    s = v.strip()
+    if s.lower() in ("none", ""):
+        return None
+    if s.lower() == "latest" or s.isdigit():
+        return s.lower()
+    raise argparse.ArgumentTypeError(f"expected a checkpoint step number or 'latest', got {v!r}")
+
+
+def positive_step(v: str) -> int:
+    """Step counts; accepts the old port's floats such as 1.0."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps, got {v!r}")
+    if f < 1 or f != int(f):
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1, got {v!r}")
+    return int(f)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train or sample SAGAN (Zhang et al., ICML 2019).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument_group("model")
+    a.add_argument("--model", type=str, default="sagan", choices=["sagan"])
+    a.add_argument("--arch", type=str, default="resnet", choices=ARCHS)
+    a.add_argument("--imsize", type=int, default=64, choices=IMSIZES)
+    a.add_argument("--z_dim", type=int, default=128)
+    a.add_argument("--g_conv_dim", type=int, default=64)
+    a.add_argument("--d_conv_dim", type=int, default=64)
+    a.add_argument("--g_num", type=int, default=5, help="accepted for heykeetae compatibility; it had no effect there either")
+    a.add_argument("--g_attn", type=resolutions, default=None, metavar="RES[,RES]|none",
+                   help="G feature resolutions with attention (default: per image size)")
+    a.add_argument("--d_attn", type=resolutions, default=None, metavar="RES[,RES]|none",
+                   help="D feature resolutions with attention (default: per image size)")
+    a.add_argument("--attn_variant", type=str, default="official", choices=ATTN_VARIANTS)
+    a.add_argument("--span", type=int, default=0, help="non-local span: each query ignores keys within this Chebyshev distance (0: plain SAGAN)")
+    a.add_argument("--num_classes", type=int, default=-1, help="-1: from the dataset; 0: unconditional")
+    a.add_argument("--g_sn", type=str2bool, default=True, help="spectral norm on G (D always has it)")
+    a.add_argument("--cbn_sn", type=str2bool, default=False, help="spectral norm on G's conditional-BN tables (StudioGAN)")
+    a.add_argument("--init", type=str, default="xavier", choices=INITS)
+
+    t = p.add_argument_group("training")
+    t.add_argument("--adv_loss", type=str, default="hinge", choices=LOSSES)
+    t.add_argument("--lambda_gp", type=float, default=10.0)
+    t.add_argument("--version", type=str, default="sagan_1", help="run name: folders <path>/<version>/")
+    t.add_argument("--total_step", type=positive_step, default=1_000_000, help="generator steps")
+    t.add_argument("--d_iters", "--n_dis", dest="n_dis", type=positive_step, default=1, help="D steps per G step")
+    t.add_argument("--batch_size", type=positive_step, default=64)
+    t.add_argument("--num_workers", type=int, default=2)
+    t.add_argument("--g_lr", type=float, default=1e-4)
+    t.add_argument("--d_lr", type=float, default=4e-4)
+    t.add_argument("--lr_decay", type=float, default=1.0, help="multiply both learning rates by this every --lr_decay_step steps")
+    t.add_argument("--lr_decay_step", type=positive_step, default=10_000)
+    t.add_argument("--beta1", type=float, default=0.0)
+    t.add_argument("--beta2", type=float, default=0.999)
+    t.add_argument("--flip", type=str2bool, default=False, help="random horizontal flips of real images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")
+    t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs")
+
+    m = p.add_argument_group("run")
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint step to resume or sample from, or 'latest'")
+    m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest) and write a sample grid")
+    m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", type=str, default="shapes", choices=DATASETS)
+    d.add_argument("--image_path", type=str, default="./data", help="root folder of the datasets")
+    d.add_argument("--data_dir", type=str, default=None, help="explicit dataset folder (overrides the layout under --image_path)")
+    d.add_argument("--lsun_category", type=str, default="church_outdoor")
+    d.add_argument("--max_images", type=int, default=0, help="use only the first N images of the dataset (0: all)")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--use_tensorboard", type=str2bool, default=True)
+    o.add_argument("--log_path", type=str, default="./logs")
+    o.add_argument("--model_save_path", type=str, default="./models")
+    o.add_argument("--sample_path", type=str, default="./samples")
+    o.add_argument("--attn_path", type=str, default="./attn")
+    o.add_argument("--log_step", type=positive_step, default=10)
+    o.add_argument("--sample_step", type=positive_step, default=100)
+    o.add_argument("--model_save_step", type=positive_step, default=1000)
+    return p
+
+
+def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.dataset == "cifar":
+        args.dataset = "cifar10"
+    return args

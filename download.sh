@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Fetch a dataset into the folder that data_loader.py reads (default ./data, or $SAGAN_DATA_DIR).
+#
+#   bash download.sh CelebA               -> data/CelebA/img_align_celeba/*.jpg      (1.4 GB)
+#   bash download.sh LSUN [category]      -> data/<category>_train_lmdb/             (church_outdoor: 2.3 GB)
+#   bash download.sh cifar10              -> data/cifar-10-batches-py/               (163 MB)
+#
+# Downloads go to <file>.part and resume after an interruption (curl -C -); a server that refuses to
+# resume gets a fresh download. Archives are verified before unpacking: MD5 where the dataset
+# publishes one (CelebA, CIFAR-10), and the CRC-32 of every zip member (LSUN publishes no checksum;
+# set SAGAN_LSUN_MD5 to check one). Unpacking refuses members with absolute paths or '..'.
+# Base URLs and checksums can be overridden: SAGAN_CELEBA_URL, SAGAN_CELEBA_MD5, SAGAN_LSUN_BASE,
+# SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5. Only https is used (plain http only for
+# 127.0.0.1/localhost, which the tests serve from).
+set -euo pipefail
+
+usage() {
+    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10   (into \${SAGAN_DATA_DIR:-./data})" >&2
+    exit 2
+}
+
+DATA_DIR="${SAGAN_DATA_DIR:-./data}"
+CELEBA_URL="${SAGAN_CELEBA_URL:-https://s3-us-west-1.amazonaws.com/udacity-dlnfd/datasets/celeba.zip}"
+CELEBA_MD5="${SAGAN_CELEBA_MD5-00d2c5bc6d35e252742224ab0c1e8fcb}"
+LSUN_BASE="${SAGAN_LSUN_BASE:-https://dl.yf.io/lsun/scenes}"
+LSUN_MD5="${SAGAN_LSUN_MD5-}"
+CIFAR10_URL="${SAGAN_CIFAR10_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz}"
+CIFAR10_MD5="${SAGAN_CIFAR10_MD5-c58f30108f718f92721af3b95e74349a}"
+PYTHON="${PYTHON:-python3}"
+
+die() {
+    echo "download.sh: $*" >&2
+    exit 1
+}
+
+check_url() {
+    case "$1" in
+        https://*) ;;
+        http://127.0.0.1[:/]* | http://localhost[:/]*) ;;
+        *) die "refusing to download over anything but https: $1" ;;
+    esac
+}
+
+# fetch URL DEST: download to DEST.part (resuming if possible), then move to DEST.
+fetch() {
+    local url="$1" dest="$2"
+    check_url "$url"
+    mkdir -p "$(dirname "$dest")"
+    if [ -f "$dest" ]; then
+        echo "already downloaded: $dest"
+        return 0
+    fi
+    echo "downloading $url"
+    if [ -s "$dest.part" ]; then
+        if ! curl -fL --retry 3 --proto '=https,http' -C - -o "$dest.part" "$url"; then
+            echo "could not resume $dest.part; downloading again from the start" >&2
+            rm -f "$dest.part"
+            curl -fL --retry 3 --proto '=https,http' -o "$dest.part" "$url" || die "download failed: $url"
+        fi
+    else
+        curl -fL --retry 3 --proto '=https,http' -o "$dest.part" "$url" || { rm -f "$dest.part"; die "download failed: $url"; }
+    fi
+    mv "$dest.part" "$dest"
+}
+
+# verify_md5 FILE EXPECTED (skipped when EXPECTED is empty)
+verify_md5() {
+    local file="$1" expected="$2" got
+    [ -n "$expected" ] || return 0
+    got="$("$PYTHON" -c 'import hashlib, sys
+h = hashlib.md5()
+with open(sys.argv[1], "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+print(h.hexdigest())' "$file")"
+    if [ "$got" != "$expected" ]; then
+        rm -f "$file"
+        die "checksum mismatch for $file: expected MD5 $expected, got $got; the file was deleted, run the command again"
+    fi
+    echo "MD5 ok: $file"
+}
+
+# unpack ARCHIVE DEST_DIR: zip (CRC-checked) or tar.gz; refuses members outside DEST_DIR.
+unpack() {
+    "$PYTHON" - "$1" "$2" <<'PY'
+import sys, tarfile, zipfile
+from pathlib import Path, PurePosixPath
+
+archive, dest = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+def refuse_unsafe(names):
+    for n in names:
+        p = PurePosixPath(n.replace("\\", "/"))
+        if p.is_absolute() or ".." in p.parts:
+            sys.exit(f"download.sh: refusing {archive}: member {n!r} would be written outside {dest}")
+
+
+dest.mkdir(parents=True, exist_ok=True)
+if zipfile.is_zipfile(archive):
+    with zipfile.ZipFile(archive) as z:
+        refuse_unsafe(z.namelist())
+        bad = z.testzip()
+        if bad is not None:
+            sys.exit(f"download.sh: CRC check failed for member {bad!r} of {archive}; delete it and run again")
+        z.extractall(dest)
+else:
+    try:
+        with tarfile.open(archive) as t:
+            refuse_unsafe(t.getnames())
+            t.extractall(dest, filter="data")
+    except tarfile.TarError as e:
+        sys.exit(f"download.sh: {archive} is neither a zip nor a tar archive ({e}); delete it and run again")
+print(f"unpacked {archive} into {dest}")
+PY
+}
+
+[ $# -ge 1 ] || usage
+name="$1"
+case "$name" in
+    CelebA | celeba | celeb)
+        [ $# -eq 1 ] || usage
+        archive="$DATA_DIR/celeba.zip"
+        fetch "$CELEBA_URL" "$archive"
+        verify_md5 "$archive" "$CELEBA_MD5"
+        unpack "$archive" "$DATA_DIR/CelebA"
+        echo "CelebA is in $DATA_DIR/CelebA; train with: python main.py --dataset celeb --imsize 64"
+        ;;
+    LSUN | lsun)
+        [ $# -le 2 ] || usage
+        category="${2:-church_outdoor}"
+        case "$category" in
+            *[!a-z_]* | "") die "invalid LSUN category '$category' (expected e.g. church_outdoor, bedroom, tower)" ;;
+        esac
+        archive="$DATA_DIR/${category}_train_lmdb.zip"
+        fetch "$LSUN_BASE/${category}_train_lmdb.zip" "$archive"
+        verify_md5 "$archive" "$LSUN_MD5"
+        unpack "$archive" "$DATA_DIR"
+        echo "LSUN $category is in $DATA_DIR/${category}_train_lmdb; train with: python main.py --dataset lsun --lsun_category $category"
+        ;;
+    cifar10 | CIFAR10 | cifar)
+        [ $# -eq 1 ] || usage
+        archive="$DATA_DIR/cifar-10-python.tar.gz"
+        fetch "$CIFAR10_URL" "$archive"
+        verify_md5 "$archive" "$CIFAR10_MD5"
+        unpack "$archive" "$DATA_DIR"
+        echo "CIFAR-10 is in $DATA_DIR/cifar-10-batches-py; train with: python main.py --dataset cifar10 --imsize 32"
+        ;;
+    *)
+        echo "download.sh: unknown dataset '$name'" >&2
+        usage
+        ;;
+esac

@@ -1,0 +1,136 @@
+"""download.sh end to end against a local HTTP server on 127.0.0.1 serving fake archives."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import subprocess
+import tarfile
+import threading
+import zipfile
+from argparse import Namespace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import fakedata
+from data_loader import build_dataset
+
+SCRIPT = Path(__file__).resolve().parent.parent / "download.sh"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(base URL, served folder); the server does not support byte ranges, like many mirrors."""
+    root = tmp_path / "served"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _run(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "SAGAN_DATA_DIR": str(tmp_path / "data"), **env}
+    return subprocess.run(["bash", str(SCRIPT), *argv], env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def _cifar_archive(tmp_path: Path, served: Path) -> Path:
+    src = fakedata.cifar10(tmp_path / "src", per_batch=2)
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(src, arcname="cifar-10-batches-py")
+    return archive
+
+
+def _args(tmp_path: Path, dataset: str, **kw: object) -> Namespace:
+    return Namespace(dataset=dataset, image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
+                     lsun_category=kw.get("lsun_category", "church_outdoor"), max_images=0)
+
+
+def test_cifar10_download_verify_unpack(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, served = server
+    archive = _cifar_archive(tmp_path, served)
+    r = _run(tmp_path, "cifar10", SAGAN_CIFAR10_URL=f"{url}/{archive.name}", SAGAN_CIFAR10_MD5=_md5(archive))
+    assert r.returncode == 0, r.stderr
+    assert "MD5 ok" in r.stdout
+    ds, nc = build_dataset(_args(tmp_path, "cifar10"))
+    assert (len(ds), nc) == (10, 10)
+
+
+def test_celeba_download(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, served = server
+    src = fakedata.celeba(tmp_path / "src", n=4)  # .../CelebA/img_align_celeba
+    archive = served / "celeba.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(src.iterdir()):
+            z.write(f, f"img_align_celeba/{f.name}")
+    r = _run(tmp_path, "CelebA", SAGAN_CELEBA_URL=f"{url}/celeba.zip", SAGAN_CELEBA_MD5=_md5(archive))
+    assert r.returncode == 0, r.stderr
+    ds, _ = build_dataset(_args(tmp_path, "celeb"))
+    assert len(ds) == 4
+
+
+def test_lsun_download_any_category(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, served = server
+    db = fakedata.lsun(tmp_path / "src", "bridge", n=5)
+    with zipfile.ZipFile(served / "bridge_train_lmdb.zip", "w") as z:
+        for f in sorted(db.iterdir()):
+            z.write(f, f"bridge_train_lmdb/{f.name}")
+    r = _run(tmp_path, "LSUN", "bridge", SAGAN_LSUN_BASE=url)
+    assert r.returncode == 0, r.stderr
+    ds, _ = build_dataset(_args(tmp_path, "lsun", lsun_category="bridge"))
+    assert len(ds) == 5
+
+
+def test_checksum_mismatch_stops_before_unpacking(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, served = server
+    archive = _cifar_archive(tmp_path, served)
+    r = _run(tmp_path, "cifar10", SAGAN_CIFAR10_URL=f"{url}/{archive.name}", SAGAN_CIFAR10_MD5="0" * 32)
+    assert r.returncode == 1
+    assert "checksum mismatch" in r.stderr and "0" * 32 in r.stderr
+    assert not (tmp_path / "data" / "cifar-10-batches-py").exists()
+    assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
+
+
+def test_broken_download_restarts(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, served = server
+    archive = _cifar_archive(tmp_path, served)
+    part = tmp_path / "data" / "cifar-10-python.tar.gz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(archive.read_bytes()[: archive.stat().st_size // 3])  # an interrupted earlier download
+    r = _run(tmp_path, "cifar10", SAGAN_CIFAR10_URL=f"{url}/{archive.name}", SAGAN_CIFAR10_MD5=_md5(archive))
+    assert r.returncode == 0, r.stderr
+    assert "downloading again from the start" in r.stderr  # this server cannot resume: clean restart
+    assert not part.exists() and (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_5").is_file()
+
+
+def test_unknown_name_prints_usage(tmp_path: Path) -> None:
+    r = _run(tmp_path, "mnist")
+    assert r.returncode == 2
+    assert "unknown dataset 'mnist'" in r.stderr and "usage: bash download.sh" in r.stderr
+    assert _run(tmp_path).returncode == 2
+
+
+def test_refuses_plain_http_and_unsafe_archives(tmp_path: Path, server: tuple[str, Path]) -> None:
+    r = _run(tmp_path, "cifar10", SAGAN_CIFAR10_URL="http://example.com/cifar.tar.gz")
+    assert r.returncode == 1 and "refusing to download over anything but https" in r.stderr
+    url, served = server
+    with zipfile.ZipFile(served / "evil.zip", "w") as z:
+        z.writestr("../escaped.txt", "x")
+    r = _run(tmp_path, "CelebA", SAGAN_CELEBA_URL=f"{url}/evil.zip", SAGAN_CELEBA_MD5="")
+    assert r.returncode != 0 and "outside" in r.stderr
+    assert not (tmp_path / "data" / "escaped.txt").exists()

@@ -115,15 +115,19 @@ print(f"unpacked {archive} into {dest}")
 PY
 }
 
+# get URL ARCHIVE MD5 DEST: fetch, verify, unpack into DEST.
+get() {
+    fetch "$1" "$2"
+    verify_md5 "$2" "$3"
+    unpack "$2" "$4"
+}
+
 [ $# -ge 1 ] || usage
 name="$1"
 case "$name" in
     CelebA | celeba | celeb)
         [ $# -eq 1 ] || usage
-        archive="$DATA_DIR/celeba.zip"
-        fetch "$CELEBA_URL" "$archive"
-        verify_md5 "$archive" "$CELEBA_MD5"
-        unpack "$archive" "$DATA_DIR/CelebA"
+        get "$CELEBA_URL" "$DATA_DIR/celeba.zip" "$CELEBA_MD5" "$DATA_DIR/CelebA"
         echo "CelebA is in $DATA_DIR/CelebA; train with: python main.py --dataset celeb --imsize 64"
         ;;
     LSUN | lsun)
@@ -132,18 +136,12 @@ case "$name" in
         case "$category" in
             *[!a-z_]* | "") die "invalid LSUN category '$category' (expected e.g. church_outdoor, bedroom, tower)" ;;
         esac
-        archive="$DATA_DIR/${category}_train_lmdb.zip"
-        fetch "$LSUN_BASE/${category}_train_lmdb.zip" "$archive"
-        verify_md5 "$archive" "$LSUN_MD5"
-        unpack "$archive" "$DATA_DIR"
+        get "$LSUN_BASE/${category}_train_lmdb.zip" "$DATA_DIR/${category}_train_lmdb.zip" "$LSUN_MD5" "$DATA_DIR"
         echo "LSUN $category is in $DATA_DIR/${category}_train_lmdb; train with: python main.py --dataset lsun --lsun_category $category"
         ;;
     cifar10 | CIFAR10 | cifar)
         [ $# -eq 1 ] || usage
-        archive="$DATA_DIR/cifar-10-python.tar.gz"
-        fetch "$CIFAR10_URL" "$archive"
-        verify_md5 "$archive" "$CIFAR10_MD5"
-        unpack "$archive" "$DATA_DIR"
+        get "$CIFAR10_URL" "$DATA_DIR/cifar-10-python.tar.gz" "$CIFAR10_MD5" "$DATA_DIR"
         echo "CIFAR-10 is in $DATA_DIR/cifar-10-batches-py; train with: python main.py --dataset cifar10 --imsize 32"
         ;;
     *)

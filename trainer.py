@@ -315,7 +315,7 @@ class Trainer:
         loss = self.d_loss_fn(d_real, d_fake)
         out = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
         if a.adv_loss == "wgan-gp":
-            gp = gradient_penalty(self.d_train, x, fake, y_real if y_real is not None else None)
+            gp = gradient_penalty(self.d_train, x, fake, y_real)
             loss = loss + a.lambda_gp * gp
             out["loss/gp"] = gp
         self.opt_d.zero_grad(set_to_none=True)

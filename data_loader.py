@@ -20,7 +20,6 @@ A missing or empty dataset raises `DatasetError` with one line: what was looked 
 from __future__ import annotations
 
 import io
-import math
 import os
 import pickle
 from argparse import Namespace
@@ -65,8 +64,8 @@ SHAPES_SEED = 2019
 
 
 def render_shape(index: int, imsize: int, seed: int = SHAPES_SEED) -> tuple[Image.Image, int]:
-    """Image `index` of the shapes dataset: one shape of class index % 4 with random colour, size,
-    position and rotation on a plain background. The RNG is seeded by (seed, index) only."""
+    """Image `index` of the shapes dataset: one upright shape of class index % 4 with random colour,
+    size and position on a plain dark background. The RNG is seeded by (seed, index) only."""
     rng = np.random.default_rng([seed, index])
     label = index % len(SHAPE_CLASSES)
     s = 4 * imsize  # supersampled canvas
@@ -74,24 +73,21 @@ def render_shape(index: int, imsize: int, seed: int = SHAPES_SEED) -> tuple[Imag
     fg = tuple(int(c) for c in rng.integers(120, 256, 3))
     img = Image.new("RGB", (s, s), bg)
     draw = ImageDraw.Draw(img)
-    radius = rng.uniform(0.18, 0.34) * s
-    cx, cy = rng.uniform(radius + 0.04 * s, s - radius - 0.04 * s, 2)
-    angle = rng.uniform(0, 2 * math.pi)
+    r = rng.uniform(0.22, 0.38) * s  # half the shape's extent
+    cx, cy = rng.uniform(r + 0.03 * s, s - r - 0.03 * s, 2)
 
     def poly(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        ca, sa = math.cos(angle), math.sin(angle)
-        return [(cx + radius * (x * ca - y * sa), cy + radius * (x * sa + y * ca)) for x, y in points]
+        return [(cx + r * x, cy + r * y) for x, y in points]
 
     name = SHAPE_CLASSES[label]
     if name == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fg)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
     elif name == "square":
-        k = 1 / math.sqrt(2)
-        draw.polygon(poly([(-k, -k), (k, -k), (k, k), (-k, k)]), fill=fg)
+        draw.polygon(poly([(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)]), fill=fg)
     elif name == "triangle":
-        draw.polygon(poly([(math.cos(a), math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]), fill=fg)
+        draw.polygon(poly([(0.0, -1.0), (1.0, 0.8), (-1.0, 0.8)]), fill=fg)
     else:
-        w = 0.3
+        w = 0.33
         draw.polygon(poly([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]), fill=fg)
     return img.resize((imsize, imsize), Image.LANCZOS), label
 
@@ -138,6 +134,9 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def source_files(self) -> list[Path]:
+        return list(self.files)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.files[i]) as img:
             x = self.transform(img.convert("RGB"))
@@ -175,6 +174,9 @@ class LSUN(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def source_files(self) -> list[Path]:
+        return [Path(self.db_path) / "data.mdb"]
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "env": None}
 
@@ -202,11 +204,15 @@ class CIFAR10(Dataset):
             data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels += list(batch["labels"])
         self.images = torch.from_numpy(np.concatenate(data))  # (50000, 3, 32, 32) uint8
+        self.files = [folder / f"data_batch_{k}" for k in range(1, 6)]
         self.labels = torch.tensor(labels)
         self.imsize = imsize
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def source_files(self) -> list[Path]:
+        return list(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i].float() / 127.5 - 1.0

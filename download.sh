@@ -4,18 +4,21 @@
 #   bash download.sh CelebA               -> data/CelebA/img_align_celeba/*.jpg      (1.4 GB)
 #   bash download.sh LSUN [category]      -> data/<category>_train_lmdb/             (church_outdoor: 2.3 GB)
 #   bash download.sh cifar10              -> data/cifar-10-batches-py/               (163 MB)
+#   bash download.sh inception            -> data/weights-inception-2015-12-05-6726825d.pth (91 MB)
+#                                            the TF-Inception weights that metrics.py (IS/FID) reads
 #
 # Downloads go to <file>.part and resume after an interruption (curl -C -); a server that refuses to
 # resume gets a fresh download. Archives are verified before unpacking: MD5 where the dataset
 # publishes one (CelebA, CIFAR-10), and the CRC-32 of every zip member (LSUN publishes no checksum;
-# set SAGAN_LSUN_MD5 to check one). Unpacking refuses members with absolute paths or '..'.
+# set SAGAN_LSUN_MD5 to check one), and the SHA-256 prefix that the Inception file's name carries (the
+# torch.hub convention). Unpacking refuses members with absolute paths or '..'.
 # Base URLs and checksums can be overridden: SAGAN_CELEBA_URL, SAGAN_CELEBA_MD5, SAGAN_LSUN_BASE,
-# SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5. Only https is used (plain http only for
+# SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5, SAGAN_INCEPTION_URL, SAGAN_INCEPTION_SHA256. Only https is used (plain http only for
 # 127.0.0.1/localhost, which the tests serve from).
 set -euo pipefail
 
 usage() {
-    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10   (into \${SAGAN_DATA_DIR:-./data})" >&2
+    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | inception   (into \${SAGAN_DATA_DIR:-./data})" >&2
     exit 2
 }
 
@@ -26,6 +29,9 @@ LSUN_BASE="${SAGAN_LSUN_BASE:-https://dl.yf.io/lsun/scenes}"
 LSUN_MD5="${SAGAN_LSUN_MD5-}"
 CIFAR10_URL="${SAGAN_CIFAR10_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz}"
 CIFAR10_MD5="${SAGAN_CIFAR10_MD5-c58f30108f718f92721af3b95e74349a}"
+INCEPTION_NAME="weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL="${SAGAN_INCEPTION_URL:-https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/$INCEPTION_NAME}"
+INCEPTION_SHA256="${SAGAN_INCEPTION_SHA256-6726825d}"
 PYTHON="${PYTHON:-python3}"
 
 die() {
@@ -63,21 +69,24 @@ fetch() {
     mv "$dest.part" "$dest"
 }
 
-# verify_md5 FILE EXPECTED (skipped when EXPECTED is empty)
-verify_md5() {
-    local file="$1" expected="$2" got
+# verify ALGO FILE EXPECTED: the hex digest must start with EXPECTED (a full digest or a prefix);
+# skipped when EXPECTED is empty. A mismatching file is deleted.
+verify() {
+    local algo="$1" file="$2" expected="$3" got
     [ -n "$expected" ] || return 0
     got="$("$PYTHON" -c 'import hashlib, sys
-h = hashlib.md5()
-with open(sys.argv[1], "rb") as f:
+h = hashlib.new(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
         h.update(chunk)
-print(h.hexdigest())' "$file")"
-    if [ "$got" != "$expected" ]; then
-        rm -f "$file"
-        die "checksum mismatch for $file: expected MD5 $expected, got $got; the file was deleted, run the command again"
-    fi
-    echo "MD5 ok: $file"
+print(h.hexdigest())' "$algo" "$file")"
+    case "$got" in
+        "$expected"*) echo "${algo^^} ok: $file" ;;
+        *)
+            rm -f "$file"
+            die "checksum mismatch for $file: expected $algo $expected, got $got; the file was deleted, run the command again"
+            ;;
+    esac
 }
 
 # unpack ARCHIVE DEST_DIR: zip (CRC-checked) or tar.gz; refuses members outside DEST_DIR.
@@ -118,7 +127,7 @@ PY
 # get URL ARCHIVE MD5 DEST: fetch, verify, unpack into DEST.
 get() {
     fetch "$1" "$2"
-    verify_md5 "$2" "$3"
+    verify md5 "$2" "$3"
     unpack "$2" "$4"
 }
 
@@ -143,6 +152,12 @@ case "$name" in
         [ $# -eq 1 ] || usage
         get "$CIFAR10_URL" "$DATA_DIR/cifar-10-python.tar.gz" "$CIFAR10_MD5" "$DATA_DIR"
         echo "CIFAR-10 is in $DATA_DIR/cifar-10-batches-py; train with: python main.py --dataset cifar10 --imsize 32"
+        ;;
+    inception | Inception)
+        [ $# -eq 1 ] || usage
+        fetch "$INCEPTION_URL" "$DATA_DIR/$INCEPTION_NAME"
+        verify sha256 "$DATA_DIR/$INCEPTION_NAME" "$INCEPTION_SHA256"
+        echo "Inception weights are in $DATA_DIR/$INCEPTION_NAME; main.py finds them there (or pass --inception_weights)"
         ;;
     *)
         echo "download.sh: unknown dataset '$name'" >&2

@@ -1,5 +1,6 @@
-"""Entry point: `python main.py [flags]` trains SAGAN; `--train false` samples from a checkpoint;
-`--dry_run` prints the resolved configuration and the parameter counts.
+"""Entry point: `python main.py [flags]` trains SAGAN (scoring it every --eval_step steps);
+`--train false` samples from a checkpoint and, with --eval_samples N, scores it (or, with --eval_dir,
+scores a folder of images); `--dry_run` prints the resolved configuration and the parameter counts.
 
 Expected problems (a missing dataset, an impossible flag combination, a missing or mismatched
 checkpoint, a diverged run) end with one line on stderr that says what to do, and exit code 2.
@@ -13,10 +14,15 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from torch.utils.data import Dataset
+
 from data_loader import DatasetError, build_dataset, class_folders, get_loader
+from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
 from parameter import get_parameters
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from trainer import CheckpointError, Trainer, checkpoint_path, load_checkpoint, model_config, resolve_device
+from trainer import (CheckpointError, Trainer, checkpoint_path, load_checkpoint, model_config, resolve_device,
+                     write_json_atomic)
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
 KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000}
@@ -47,16 +53,97 @@ def dry_run(args: Namespace) -> int:
     return 0
 
 
+def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | None = None) -> Evaluator:
+    """Inception weights first (a missing file fails before any data is read or sampled), then the
+    reference statistics of the training set (cached)."""
+    weights = resolve_weights(args.inception_weights, args.image_path)
+    if dataset is None:
+        dataset, _ = build_dataset(args)
+    name = f"lsun_{args.lsun_category}" if args.dataset == "lsun" else args.dataset
+    return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
+                     args.eval_ref_samples, args.eval_batch_size, args.num_workers)
+
+
+def report(result: dict, json_path: Path) -> None:
+    """Print the evaluation table and write it as JSON (atomically)."""
+    print(format_table(result))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(json_path, result)
+    print(f"wrote {json_path}")
+
+
+def evaluate_folder(args: Namespace) -> int:
+    """`--train false --eval_dir DIR`: score a folder of images against the training set."""
+    folder = Path(args.eval_dir)
+    evaluator = build_evaluator(args, resolve_device(args.device))
+    result = evaluator.folder(folder)
+    out = Path(args.eval_json) if args.eval_json else folder.parent / f"{folder.name}_eval_{count_tag(result['metrics']['samples'])}.json"
+    report(result, out)
+    return 0
+
+
+# Dataset flags that `--train false` takes from the checkpoint, so that the reference set is the
+# training set; where the data lives (--image_path, --data_dir) still comes from the command line.
+TRAINING_DATA_FLAGS = ("dataset", "lsun_category", "max_images", "imsize")
+
+
 def sample(args: Namespace) -> int:
-    """Load a checkpoint (its own model config) and write the fixed-noise sample grid."""
+    """Load a checkpoint (its own model config), write the fixed-noise sample grid and, if asked,
+    --sample_num PNGs into --sample_dir and an evaluation on --eval_samples samples."""
+    if args.eval_dir:
+        return evaluate_folder(args)
     folder = Trainer.run_folders(args)["models"]
     path = checkpoint_path(folder, args.pretrained_model or "latest")
-    cfg = ModelConfig.from_dict(load_checkpoint(path)["model_config"])
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    for k in TRAINING_DATA_FLAGS:
+        if k in ckpt.get("args", {}):
+            setattr(args, k, ckpt["args"][k])
+    device = resolve_device(args.device)
+    evaluator = build_evaluator(args, device) if args.eval_samples is not None else None
     trainer = Trainer(args, cfg)
     trainer.load(path.stem, restore_training=False)
     out, _ = trainer.sample_grid(trainer.run["samples"] / f"{trainer.step}_sample.png")
     print(f"loaded {path} (step {trainer.step}); wrote {out}")
+    for p in look_inside(trainer, args):
+        print(f"wrote {p}")
+    if args.sample_dir:
+        written = write_samples(trainer.G, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
+        print(f"wrote {len(written)} samples to {args.sample_dir}")
+    if evaluator is not None:
+        result = evaluator(trainer.G, args.eval_samples, source=f"{path} (step {trainer.step})")
+        tag = count_tag(result["metrics"]["samples"])
+        report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json")
     return 0
+
+
+def parse_classes(spec: str | None, num_classes: int) -> list[int]:
+    """--classes 'c,c,...', or up to 16 classes spread evenly over all of them."""
+    if spec:
+        try:
+            return [int(c) for c in spec.split(",") if c.strip()]
+        except ValueError:
+            raise ValueError(f"--classes expects comma-separated class indices such as 0,3,7, got {spec!r}")
+    return torch.linspace(0, num_classes - 1, min(num_classes, 16)).round().long().tolist()
+
+
+def look_inside(trainer: Trainer, args: Namespace) -> list[Path]:
+    """Attention figures (when G has attention), a class grid (when conditional) and an interpolation grid."""
+    import visualize
+    from torchvision.utils import save_image
+
+    G, step, folder = trainer.G, trainer.step, trainer.run["samples"]
+    written = trainer.attention_snapshot()
+    classes = parse_classes(args.classes, G.cfg.num_classes) if G.cfg.num_classes else None
+    if classes is not None:
+        grid = visualize.class_grid(G, classes, columns=8, seed=args.seed)
+        save_image(grid * 0.5 + 0.5, folder / f"{step}_classes.png", nrow=8, padding=2)
+        written.append(folder / f"{step}_classes.png")
+    pairs = [(args.seed + 2 * r, args.seed + 2 * r + 1) for r in range(args.interp_rows)]
+    grid = visualize.interpolation_grid(G, pairs, args.interp_steps, classes)
+    save_image(grid * 0.5 + 0.5, folder / f"{step}_interp.png", nrow=args.interp_steps, padding=2)
+    written.append(folder / f"{step}_interp.png")
+    return written
 
 
 def train(args: Namespace) -> int:
@@ -64,7 +151,8 @@ def train(args: Namespace) -> int:
     dataset, classes = build_dataset(args)
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(args, dataset, device)
-    trainer = Trainer(args, cfg, loader)
+    evaluator = build_evaluator(args, device, dataset) if args.eval_step else None
+    trainer = Trainer(args, cfg, loader, evaluator)
     if args.pretrained_model:
         path = trainer.load(args.pretrained_model)
         print(f"resumed from {path} at step {trainer.step}", flush=True)
@@ -84,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.train:
             return sample(args)
         return train(args)
-    except (DatasetError, CheckpointError, ValueError, FloatingPointError) as e:
+    except (DatasetError, CheckpointError, EvalError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

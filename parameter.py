@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from metrics import WEIGHTS_NAME
 from sagan_models import ARCHS, ATTN_VARIANTS, INITS, IMSIZES
 
 DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder")
@@ -53,13 +54,23 @@ def resolutions(v: str) -> tuple[int, ...] | None:
 
 
 def optional_step(v: str) -> str | None:
-    """--pretrained_model: a step number, 'latest', or None."""
+    """--pretrained_model: a step number, 'latest', 'best_fid', 'best_is', or None."""
     s = v.strip()
     if s.lower() in ("none", ""):
         return None
-    if s.lower() == "latest" or s.isdigit():
+    if s.lower() in ("latest", "best_fid", "best_is") or s.isdigit():
         return s.lower()
-    raise argparse.ArgumentTypeError(f"expected a checkpoint step number or 'latest', got {v!r}")
+    raise argparse.ArgumentTypeError(f"expected a checkpoint step number, 'latest', 'best_fid' or 'best_is', got {v!r}")
+
+
+def non_negative(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
+    return n
 
 
 def positive_step(v: str) -> int:
@@ -117,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs")
 
     m = p.add_argument_group("run")
-    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint step to resume or sample from, or 'latest'")
-    m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest) and write a sample grid")
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid' or 'best_is'")
+    m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest), write a sample grid, and evaluate or write samples if asked")
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
 
     d = p.add_argument_group("data")
@@ -137,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log_step", type=positive_step, default=10)
     o.add_argument("--sample_step", type=positive_step, default=100)
     o.add_argument("--model_save_step", type=positive_step, default=1000)
+
+    v = p.add_argument_group("visualisation (visualize.py)")
+    v.add_argument("--attn_samples", type=non_negative, default=4, help="attention figures per --sample_step (0: none)")
+    v.add_argument("--attn_points", type=str, default=None, metavar="X,Y;X,Y",
+                   help="query pixels for attention figures (default: the centre and four points around it)")
+    v.add_argument("--classes", type=str, default=None, metavar="C,C", help="with --train false: rows of the class grid (default: all, at most 16)")
+    v.add_argument("--interp_steps", type=positive_step, default=8, help="with --train false: columns of the interpolation grid")
+    v.add_argument("--interp_rows", type=positive_step, default=4, help="with --train false: seed pairs in the interpolation grid")
+
+    e = p.add_argument_group("evaluation (metrics.py)")
+    e.add_argument("--eval_step", type=non_negative, default=0, help="IS/FID/KID every K steps during training (0: off)")
+    e.add_argument("--eval_samples", type=non_negative, default=None,
+                   help="generated samples per evaluation (training: 10000 when unset); with --train false, evaluate the checkpoint")
+    e.add_argument("--eval_ref_samples", type=non_negative, default=50_000, help="real training images in the reference set (0: all)")
+    e.add_argument("--eval_batch_size", type=positive_step, default=64)
+    e.add_argument("--inception_weights", type=str, default=None,
+                   help="TF-Inception 2015-12-05 weights (default: $SAGAN_INCEPTION_WEIGHTS or <image_path>/" + WEIGHTS_NAME + ")")
+    e.add_argument("--eval_cache_dir", type=str, default=None, help="reference-statistics cache (default: $SAGAN_CACHE_DIR or ~/.cache/sagan)")
+    e.add_argument("--eval_dir", type=str, default=None, help="with --train false: score the images in this folder instead of a checkpoint")
+    e.add_argument("--eval_json", type=str, default=None, help="where --train false writes the evaluation JSON (default: next to the checkpoint or folder)")
+    e.add_argument("--sample_dir", type=str, default=None, help="with --train false: write --sample_num generated PNGs here")
+    e.add_argument("--sample_num", type=positive_step, default=10_000)
     return p
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from argparse import Namespace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,7 +35,14 @@ from torchvision.utils import make_grid, save_image
 import spectral
 from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from metrics import Evaluator
+
 CHECKPOINT_FORMAT = 1
+DEFAULT_EVAL_SAMPLES = 10_000
+NAMED_CHECKPOINTS = ("best_fid", "best_is")  # kept by --eval_step, as the paper's tables report best-FID/IS steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +151,7 @@ class CheckpointError(Exception):
 
 
 def checkpoint_path(folder: Path, which: str) -> Path:
-    """`which` is a step number or 'latest'."""
+    """`which` is a step number, 'latest', 'best_fid' or 'best_is'."""
     steps = sorted(int(p.stem) for p in folder.glob("*.pt") if p.stem.isdigit()) if folder.is_dir() else []
     if which == "latest":
         pointer = folder / "latest"
@@ -153,6 +160,11 @@ def checkpoint_path(folder: Path, which: str) -> Path:
         if not steps:
             raise CheckpointError(f"no checkpoint in {folder}; train first, or check --version and --model_save_path")
         return folder / f"{steps[-1]}.pt"
+    if which in NAMED_CHECKPOINTS:
+        path = folder / f"{which}.pt"
+        if not path.is_file():
+            raise CheckpointError(f"no {which} checkpoint in {folder}; it is written by training with --eval_step K > 0")
+        return path
     path = folder / f"{int(which)}.pt"
     if not path.is_file():
         have = ", ".join(map(str, steps)) or "none"
@@ -185,9 +197,12 @@ def check_same_model(saved: dict, current: ModelConfig, path: Path) -> None:
 class Trainer:
     """Builds G, D and their optimizers from `args`; `train()` runs the loop, `sample_grid()` writes a grid."""
 
-    def __init__(self, args: Namespace, cfg: ModelConfig, loader: DataLoader | None = None) -> None:
+    def __init__(self, args: Namespace, cfg: ModelConfig, loader: DataLoader | None = None,
+                 evaluator: "Evaluator | None" = None) -> None:
         self.args = args
         self.loader = loader
+        self.evaluator = evaluator
+        self.best = {"fid": float("inf"), "is": float("-inf")}
         self.device = resolve_device(args.device)
         seed_everything(args.seed)
         self.cfg = cfg.resolved()
@@ -245,6 +260,25 @@ class Trainer:
         save_image(grid, path)
         return path, grid
 
+    def attention_snapshot(self, writer: "SummaryWriter | None" = None) -> list[Path]:
+        """Attention figures for the first --attn_samples fixed samples (one per class row when
+        conditional) into attn/<version>/<step>_attn<k>.png, and TensorBoard."""
+        import visualize
+
+        n = getattr(self.args, "attn_samples", 0)
+        if not n or not visualize.attention_layers(self.G):
+            return []
+        per_row = 8
+        idx = (torch.arange(n) * per_row) % len(self.fixed_z)
+        y = self.fixed_y[idx] if self.fixed_y is not None else None
+        points = visualize.parse_points(getattr(self.args, "attn_points", None), self.cfg.imsize)
+        figs = visualize.attention_figures(self.G, self.fixed_z[idx], y, points)
+        paths = visualize.save_figures(figs, self.run["attn"], str(self.step))
+        if writer:
+            for k, fig in enumerate(figs):
+                writer.add_image(f"attention/{k}", np.asarray(fig), self.step, dataformats="HWC")
+        return paths
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     def state(self) -> dict:
@@ -260,22 +294,26 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng": rng_state(),
+            "best": dict(self.best),
         }
 
-    def save(self) -> Path:
-        """Write `<step>.pt` via a temporary file and an atomic rename, then point `latest` at it."""
+    def save(self, name: str | None = None) -> Path:
+        """Write `<step>.pt` (or `<name>.pt`) via a temporary file and an atomic rename; a step checkpoint
+        then becomes `latest`."""
         folder = self.run["models"]
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.step}.pt"
-        tmp = folder / f".{self.step}.pt.tmp"
+        stem = name or str(self.step)
+        path = folder / f"{stem}.pt"
+        tmp = folder / f".{stem}.pt.tmp"
         with open(tmp, "wb") as f:
             torch.save(self.state(), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        pointer_tmp = folder / ".latest.tmp"
-        pointer_tmp.write_text(path.name + "\n")
-        os.replace(pointer_tmp, folder / "latest")
+        if name is None:
+            pointer_tmp = folder / ".latest.tmp"
+            pointer_tmp.write_text(path.name + "\n")
+            os.replace(pointer_tmp, folder / "latest")
         return path
 
     def load(self, which: str, restore_training: bool = True) -> Path:
@@ -291,7 +329,34 @@ class Trainer:
             self.sched_g.load_state_dict(ckpt["sched_g"])
             self.sched_d.load_state_dict(ckpt["sched_d"])
             set_rng_state(ckpt["rng"])
+            self.best.update(ckpt.get("best", {}))
         return path
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, writer: "SummaryWriter | None" = None) -> dict:
+        """Score G with the evaluator, append to metrics.jsonl, log to TensorBoard, keep best_fid/best_is."""
+        from metrics import append_jsonl, tensorboard_scalars
+
+        t0 = time.perf_counter()
+        n = self.args.eval_samples or DEFAULT_EVAL_SAMPLES
+        result = self.evaluator(self.G, n, source=f"{self.args.version} step {self.step}")
+        m = result["metrics"]
+        record = {"step": self.step, "kimg": self.step * self.args.batch_size * self.args.n_dis / 1000,
+                  "seconds": round(time.perf_counter() - t0, 3), **m}
+        append_jsonl(self.run["models"] / "metrics.jsonl", record)
+        if writer:
+            for k, v in tensorboard_scalars(m).items():
+                writer.add_scalar(k, v, self.step)
+        if m["fid"] < self.best["fid"]:
+            self.best["fid"] = m["fid"]
+            self.save("best_fid")
+        if m["is_10splits"] > self.best["is"]:
+            self.best["is"] = m["is_10splits"]
+            self.save("best_is")
+        print(" ".join([f"eval step {self.step}:"] + [f"{k.split('/')[1]} {v:.4f}" for k, v in tensorboard_scalars(m).items()]
+                       + [f"({record['seconds']:.0f} s)"]), flush=True)
+        return record
 
     # -- training --------------------------------------------------------------------------------
 
@@ -393,6 +458,9 @@ class Trainer:
                 _, grid = self.sample_grid()
                 if writer:
                     writer.add_image("samples", grid, self.step)
+                self.attention_snapshot(writer)
+            if self.evaluator is not None and a.eval_step and (self.step % a.eval_step == 0 or self.step == a.total_step):
+                self.evaluate(writer)
             if self.step % a.model_save_step == 0 or self.step == a.total_step:
                 self.save()
                 last_saved = self.step

@@ -64,3 +64,27 @@ def image_folder(root: Path, classes: tuple[str, ...] = ("n01440764", "n01443537
         for i in range(per_class):
             _image(rng, 80 + 10 * i, 60).save(root / c / f"{c}_{i}.JPEG")
     return root
+
+
+def inception_weights(path: Path, seed: int = 0) -> Path:
+    """An InceptionV3 with random weights, saved in the format of torch-fidelity's real weights file (a
+    plain state dict written by torch.save). Convolutions get He-normal weights and batch norms unit
+    statistics, so that features neither vanish nor explode through the 94 layers."""
+    from unittest import mock
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(seed)
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None), \
+            mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", return_value={}):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+            torch.nn.init.zeros_(m.bias)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path

@@ -134,3 +134,21 @@ def test_refuses_plain_http_and_unsafe_archives(tmp_path: Path, server: tuple[st
     r = _run(tmp_path, "CelebA", SAGAN_CELEBA_URL=f"{url}/evil.zip", SAGAN_CELEBA_MD5="")
     assert r.returncode != 0 and "outside" in r.stderr
     assert not (tmp_path / "data" / "escaped.txt").exists()
+
+
+def test_inception_weights_download_and_hash(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bash download.sh inception` fetches the file into the folder metrics.py looks in and checks its SHA-256."""
+    from metrics import WEIGHTS_ENV, WEIGHTS_NAME, resolve_weights
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    url, served = server
+    weights = fakedata.inception_weights(served / WEIGHTS_NAME)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    r = _run(tmp_path, "inception", SAGAN_INCEPTION_URL=f"{url}/{WEIGHTS_NAME}", SAGAN_INCEPTION_SHA256=digest[:8])
+    assert r.returncode == 0, r.stderr
+    assert "SHA256 ok" in r.stdout
+    assert resolve_weights(None, str(tmp_path / "data")) == tmp_path / "data" / WEIGHTS_NAME
+    (tmp_path / "data" / WEIGHTS_NAME).unlink()
+    r = _run(tmp_path, "inception", SAGAN_INCEPTION_URL=f"{url}/{WEIGHTS_NAME}")  # the real file's prefix, 6726825d
+    assert r.returncode == 1 and "checksum mismatch" in r.stderr and "6726825d" in r.stderr
+    assert not (tmp_path / "data" / WEIGHTS_NAME).exists()

@@ -1,0 +1,402 @@
+"""Evaluation: Inception Score, FID, KID and precision/recall, measured the way the SAGAN papers did.
+
+Features come from torch-fidelity 0.4.0's `inception-v3-compat` network (the TF Inception graph of
+2015-12-05, the one behind the published IS and FID numbers: 2048-d pool_3 features, 1008 logits,
+TF1-style bilinear resize to 299 inside the network). The metric arithmetic is torch-fidelity's
+(`isc_features_to_metric`, `fid_statistics_to_metric`, `kid_features_to_metric`,
+`prc_features_to_metric`). This module does the parts where torch-fidelity's high-level wrapper falls
+short for a training codebase:
+- Weights are never downloaded at run time: `--inception_weights PATH`, else `$SAGAN_INCEPTION_WEIGHTS`,
+  else `<image_path>/weights-inception-2015-12-05-6726825d.pth` (where `bash download.sh inception`
+  puts it). A missing file is one error line, raised before any sampling.
+- Sampling is ours: z ~ N(0, I) and, for conditional models, labels uniform over the classes, from a
+  private seeded generator (torch-fidelity's wrapper crashes on `np.int` with current numpy when
+  labels are needed, and it leaves G in eval mode). G runs in eval mode (BatchNorm running
+  statistics, as the official code evaluates) and gets its previous mode back. The global RNGs are
+  never touched, so evaluating inside a training run does not change the run.
+- Reference statistics are cached under `--eval_cache_dir` (default `$SAGAN_CACHE_DIR` or
+  `~/.cache/sagan`), in `refstats/`, keyed by dataset, split, image size, reference sample count,
+  the SHA-256 of the weights file, a fingerprint of the data (file names, sizes and mtimes, plus the
+  pixels of 16 images) and this module's protocol version; torch-fidelity's own cache key ignores
+  the weights file and the sample count.
+
+Protocol (README "Evaluation" compares it with the official code, StudioGAN and MMGeneration):
+- Images are quantised to uint8 exactly as a PNG written by torchvision's `save_image` would hold
+  them, round(127.5 x + 127.5) clamped to [0, 255], so scoring a folder of written samples and
+  scoring the generator directly agree.
+- Real images are the training split at the training resolution, through the loader's own
+  transforms, without flips; `--eval_ref_samples` of them (default 50,000, 0 = all) chosen by a fixed
+  seed.
+- IS is reported over 10 splits (mean and std, as MMGeneration and BigGAN-PyTorch) and over 1 split
+  (as the official TF code and StudioGAN).
+- KID: 100 subsets of min(1000, n) samples, cubic polynomial kernel (torch-fidelity's defaults).
+- Precision/recall (Kynkaenniemi et al. 2019, k = 3) use the same Inception pool features, as
+  StudioGAN does; torch-fidelity defaults to VGG-16 features, which would need a second network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
+WEIGHTS_SHA256_PREFIX = "6726825d"  # the torch.hub convention: the file name carries its SHA-256 prefix
+WEIGHTS_ENV = "SAGAN_INCEPTION_WEIGHTS"
+CACHE_ENV = "SAGAN_CACHE_DIR"
+PROTOCOL = 1  # bump whenever a change alters reference features, so that old caches are never reused
+KID_SUBSETS, KID_SUBSET_SIZE, PR_NEIGHBOURHOOD = 100, 1000, 3
+EVAL_SEED = 2019  # z and labels for evaluation samples; fixed so checkpoints are compared on the same z
+
+
+class EvalError(Exception):
+    """An evaluation that cannot run; the message is one line that says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights and the feature network
+
+
+def resolve_weights(flag: str | None, image_path: str = "./data") -> Path:
+    """The Inception weights file named by the flag, the environment, or download.sh's location."""
+    candidates = [Path(flag)] if flag else []
+    if not flag and os.environ.get(WEIGHTS_ENV):
+        candidates.append(Path(os.environ[WEIGHTS_ENV]))
+    if not candidates:
+        candidates.append(Path(image_path) / WEIGHTS_NAME)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise EvalError(f"Inception weights not found at {candidates[0]}; fetch them once with: bash download.sh inception "
+                    f"(or pass --inception_weights PATH, or set {WEIGHTS_ENV})")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _private_rng(device: torch.device) -> Iterator[None]:
+    """Run a block without disturbing the global torch RNGs (CPU and, if used, the CUDA device)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        yield
+
+
+class Inception:
+    """torch-fidelity's TF-compatible InceptionV3: uint8 (N, 3, H, W) -> pool (N, 2048), logits (N, 1008)."""
+
+    def __init__(self, weights: Path, device: torch.device) -> None:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        try:  # tensors only: refuse a pickle that would run code before torch-fidelity loads it
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise EvalError(f"{weights} is not a readable weights file ({str(e).splitlines()[0]}); "
+                            f"fetch it again with: bash download.sh inception") from e
+        self.sha256 = file_sha256(weights)
+        self.path = weights
+        self.official = self.sha256.startswith(WEIGHTS_SHA256_PREFIX)
+        with _private_rng(device):  # layer construction draws random initial weights
+            try:
+                net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                  feature_extractor_weights_path=str(weights))
+            except RuntimeError as e:
+                raise EvalError(f"{weights} does not hold InceptionV3 weights ({str(e).splitlines()[0]}); "
+                                f"fetch the right file with: bash download.sh inception") from e
+        self.net = net.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        pool, logits = self.net(images.to(self.device))
+        return pool.cpu(), logits.cpu()
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8, the values `torchvision.utils.save_image` writes to a PNG."""
+    return (x.float() * 127.5 + 128.0).floor().clamp_(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features of generated, real and on-disk images
+
+
+class Features:
+    """Pool features and logits of one image set."""
+
+    def __init__(self, pool: Tensor, logits: Tensor) -> None:
+        self.pool, self.logits = pool, logits
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+
+def eval_latents(n: int, z_dim: int, num_classes: int, seed: int = EVAL_SEED) -> tuple[Tensor, Tensor | None]:
+    """The evaluation z (N(0, I)) and labels (uniform), from a private generator: the same on every call."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g) if num_classes else None
+    return z, y
+
+
+@torch.no_grad()
+def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: int = EVAL_SEED) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield (uint8 images, labels) batches from G in eval mode; G's previous mode is restored afterwards."""
+    cfg = G.cfg
+    z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed)
+    was_training = G.training
+    G.eval()
+    try:
+        for i in range(0, n, batch_size):
+            zb = z[i:i + batch_size].to(device)
+            yb = y[i:i + batch_size].to(device) if y is not None else None
+            yield to_uint8(G(zb, yb)).cpu(), (yb.cpu() if yb is not None else None)
+    finally:
+        G.train(was_training)
+
+
+def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> Features:
+    device = next(G.parameters()).device
+    pools, logits = [], []
+    for imgs, _ in generate(G, n, batch_size, device, seed):
+        p, l = net(imgs)
+        pools.append(p)
+        logits.append(l)
+    return Features(torch.cat(pools), torch.cat(logits))
+
+
+def dataset_features(dataset: Dataset, net: Inception, batch_size: int = 64, num_workers: int = 0) -> Features:
+    """Features of a dataset whose items are ([-1, 1] image, label); read in order, no flips."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))  # never draws from the global RNG
+    pools, logits = [], []
+    for x, _ in loader:
+        p, l = net(to_uint8(x))
+        pools.append(p)
+        logits.append(l)
+    return Features(torch.cat(pools), torch.cat(logits))
+
+
+def folder_images(folder: Path, imsize: int) -> Tensor:
+    """All PNG/JPEG files directly in `folder` as uint8 (N, 3, imsize, imsize); other sizes are an error."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if folder.is_dir() else []
+    if not files:
+        raise EvalError(f"no .png/.jpg images in {folder}; write some with --sample_dir {folder} --sample_num N")
+    imgs = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                a = np.asarray(img.convert("RGB"))
+        except OSError as e:
+            raise EvalError(f"cannot read image {f} ({e}); delete or replace it") from e
+        if a.shape[:2] != (imsize, imsize):
+            raise EvalError(f"{f} is {a.shape[1]}x{a.shape[0]}, but the reference statistics are at {imsize}x{imsize}; "
+                            f"pass --imsize {a.shape[0]} or resize the images")
+        imgs.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
+    return torch.stack(imgs)
+
+
+def folder_features(folder: Path, imsize: int, net: Inception, batch_size: int = 64) -> Features:
+    imgs = folder_images(folder, imsize)
+    feats = [net(b) for b in imgs.split(batch_size)]
+    return Features(torch.cat([p for p, _ in feats]), torch.cat([l for _, l in feats]))
+
+
+def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> list[Path]:
+    """Write n generated PNGs, `<index>.png` or `<index>_c<label>.png`, for outside tools."""
+    folder.mkdir(parents=True, exist_ok=True)
+    device = next(G.parameters()).device
+    paths, k = [], 0
+    for imgs, ys in generate(G, n, batch_size, device, seed):
+        for j, img in enumerate(imgs):
+            name = f"{k:06d}_c{int(ys[j])}.png" if ys is not None else f"{k:06d}.png"
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
+            paths.append(folder / name)
+            k += 1
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference statistics, cached
+
+
+def reference_indices(size: int, n: int) -> np.ndarray:
+    """Which training images form the reference set: all of them, or n chosen by a fixed seed."""
+    if n <= 0 or n >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(0).choice(size, n, replace=False))
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """Changes when the data changes: the size, the source files' names, sizes and mtimes, 16 images' pixels."""
+    h = hashlib.sha256(str(len(dataset)).encode())
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    for p in getattr(base, "source_files", lambda: [])():
+        st = Path(p).stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for i in np.unique(np.linspace(0, len(dataset) - 1, 16).round().astype(int)):
+        h.update(to_uint8(dataset[int(i)][0]).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_root(flag: str | None) -> Path:
+    return Path(flag or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sagan")
+
+
+def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, cache_dir: Path, n_ref: int,
+                    batch_size: int = 64, num_workers: int = 0) -> dict:
+    """{'pool': (N, 2048) float32, 'mu', 'sigma', 'meta'} of the training images; computed once, then cached."""
+    idx = reference_indices(len(dataset), n_ref)
+    meta = {"dataset": name, "split": "train", "imsize": imsize, "n": int(len(idx)), "weights_sha256": net.sha256,
+            "data": dataset_fingerprint(dataset), "protocol": PROTOCOL}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / "refstats" / f"{name}-train-{imsize}px-{len(idx)}-{key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.get("meta") == meta:
+                cached["cache"] = {"path": str(path), "hit": True}
+                return cached
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed and replaced
+            pass
+    sub = dataset if len(idx) == len(dataset) else Subset(dataset, idx.tolist())
+    feats = dataset_features(sub, net, batch_size, num_workers)
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(feats.pool)
+    out = {"pool": feats.pool, "mu": torch.from_numpy(stats["mu"]), "sigma": torch.from_numpy(stats["sigma"]), "meta": meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(out, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    out["cache"] = {"path": str(path), "hit": False}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def count_tag(n: int) -> str:
+    """10000 -> '10k', 50000 -> '50k', 2500 -> '2500' (StyleGAN-style metric names: fid10k)."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    return float(fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)
+                 ["frechet_inception_distance"])
+
+
+def compute_metrics(fake: Features, ref: dict) -> dict:
+    """IS (10 splits and 1 split), FID, KID and precision/recall of `fake` against the reference stats."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    n = len(fake)
+    if n < 10:
+        raise EvalError(f"need at least 10 samples for IS over 10 splits, got {n}; raise --eval_samples")
+    is10 = isc_features_to_metric(fake.logits, splits=10, shuffle=False)
+    is1 = isc_features_to_metric(fake.logits, splits=1, shuffle=False)
+    st = fid_features_to_statistics(fake.pool)
+    fid = fid_from_stats(st["mu"], st["sigma"], ref["mu"].numpy(), ref["sigma"].numpy())
+    ref_pool = ref["pool"]
+    kid = kid_features_to_metric(fake.pool, ref_pool, kid_subsets=KID_SUBSETS,
+                                 kid_subset_size=min(KID_SUBSET_SIZE, n, len(ref_pool)), verbose=False)
+    prc = prc_features_to_metric(fake.pool, ref_pool, prc_neighborhood=min(PR_NEIGHBOURHOOD, n - 1, len(ref_pool) - 1),
+                                 prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    return {
+        "is_10splits": is10["inception_score_mean"], "is_10splits_std": is10["inception_score_std"],
+        "is_1split": is1["inception_score_mean"],
+        "fid": fid,
+        "kid": kid["kernel_inception_distance_mean"], "kid_std": kid["kernel_inception_distance_std"],
+        "precision": prc["precision"], "recall": prc["recall"],
+        "samples": n, "ref_samples": len(ref_pool),
+    }
+
+
+def tensorboard_scalars(m: dict) -> dict[str, float]:
+    """Metric names with their sample count, e.g. metrics/fid10k, metrics/is10k_1split."""
+    t = count_tag(m["samples"])
+    return {f"metrics/is{t}": m["is_10splits"], f"metrics/is{t}_1split": m["is_1split"], f"metrics/fid{t}": m["fid"],
+            f"metrics/kid{t}": m["kid"], f"metrics/precision{t}": m["precision"], f"metrics/recall{t}": m["recall"]}
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of one evaluation result (as written to JSON by `main.py --train false`)."""
+    m, ref, w = result["metrics"], result["reference"], result["weights"]
+    note = "" if w["official"] else "  (NOT the TF-Inception 2015-12-05 file: numbers are not comparable with papers)"
+    rows = [
+        ("source", result["source"]),
+        (f"IS (10 splits)", f"{m['is_10splits']:.4f} +- {m['is_10splits_std']:.4f}"),
+        ("IS (1 split)", f"{m['is_1split']:.4f}"),
+        ("FID", f"{m['fid']:.4f}"),
+        ("KID", f"{m['kid']:.6f} +- {m['kid_std']:.6f}"),
+        ("precision", f"{m['precision']:.4f}"),
+        ("recall", f"{m['recall']:.4f}"),
+        ("samples", f"{m['samples']:,}"),
+        ("reference", f"{ref['dataset']} {ref['split']} split, {ref['n']:,} images at {ref['imsize']} px "
+                      f"(cache {'hit' if ref['cache_hit'] else 'written'}: {ref['cache']})"),
+        ("weights", f"{w['path']} sha256 {w['sha256']}{note}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class Evaluator:
+    """Loads the Inception net and the reference statistics once; `__call__(G)` scores a generator."""
+
+    def __init__(self, dataset: Dataset, dataset_name: str, imsize: int, weights: Path, device: torch.device,
+                 cache_dir: Path, n_ref: int, batch_size: int = 64, num_workers: int = 0) -> None:
+        self.net = Inception(weights, device)
+        self.batch_size = batch_size
+        self.ref = reference_stats(dataset, dataset_name, imsize, self.net, cache_dir, n_ref, batch_size, num_workers)
+        self.imsize = imsize
+
+    def _result(self, source: str, fake: Features) -> dict:
+        meta = self.ref["meta"]
+        return {
+            "source": source,
+            "metrics": compute_metrics(fake, self.ref),
+            "reference": {**{k: meta[k] for k in ("dataset", "split", "imsize", "n")}, "fingerprint": meta["data"][:16],
+                          "cache": self.ref["cache"]["path"], "cache_hit": self.ref["cache"]["hit"]},
+            "weights": {"path": str(self.net.path), "sha256": self.net.sha256, "official": self.net.official},
+            "protocol": PROTOCOL,
+        }
+
+    def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
+        return self._result(source, generator_features(G, self.net, n, self.batch_size))
+
+    def folder(self, folder: Path) -> dict:
+        return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk (metrics.jsonl is append-only)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+

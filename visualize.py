@@ -1,0 +1,210 @@
+"""Look inside a generator: attention maps (as in the SAGAN paper's Figures 1 and 5), class grids and
+latent interpolations.
+
+Attention figures: for each query point (pixel coordinates in the output image), and for each
+attention layer of G, the generated image with the query marked and that query's attention row
+overlaid as a heat map. The row is a distribution over the layer's keys: pixels of the h x w feature
+map (`paper` variant), or 2x2-max-pooled cells of it (`official` variant, h/2 x w/2 keys). It is
+reshaped to the key grid and upsampled to the image size by nearest neighbour, so every key covers
+the block of image pixels it was computed from. Each panel is scaled to its own maximum. With a span
+mask, the excluded keys have weight 0 and the excluded square is outlined. One figure per sample:
+rows are query points, columns are the image and then one panel per layer, in network order.
+
+Class grids: one row per class, the same z in each column, so that a column shows what the label
+changes. Interpolations: spherical (slerp) between the z of two fixed seeds, label fixed per row; the
+end points are exactly the two seeds' samples.
+
+The paper shows figures like these for its ImageNet model; it does not say how its heat maps were
+scaled or resampled. The choices above (per-panel max scaling, nearest upsampling) are ours.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from sagan_models import SelfAttention
+
+PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
+# Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
+HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+
+
+def parse_points(spec: str | None, imsize: int) -> list[tuple[int, int]]:
+    """'x,y;x,y' in output-image pixels, or None for five points spread over the image."""
+    if not spec:
+        q, m = imsize // 4, imsize // 2
+        return [(m, m), (q, q), (imsize - 1 - q, q), (q, imsize - 1 - q), (imsize - 1 - q, imsize - 1 - q)]
+    points = []
+    for part in spec.split(";"):
+        try:
+            x, y = (int(v) for v in part.split(","))
+        except ValueError:
+            raise ValueError(f"--attn_points expects 'x,y;x,y' with integer pixel coordinates, got {spec!r}")
+        if not (0 <= x < imsize and 0 <= y < imsize):
+            raise ValueError(f"attention point ({x},{y}) is outside the {imsize}x{imsize} image")
+        points.append((x, y))
+    return points
+
+
+def attention_layers(G: nn.Module) -> list[SelfAttention]:
+    return [m for m in G.modules() if isinstance(m, SelfAttention)]
+
+
+def query_index(point: tuple[int, int], h: int, w: int, imsize: int) -> int:
+    """Flat index (row-major, as in the attention matrix) of the feature-map query under an image pixel."""
+    x, y = point
+    return (y * h // imsize) * w + (x * w // imsize)
+
+
+def query_heatmap(attn: Tensor, layer: SelfAttention, point: tuple[int, int], imsize: int) -> Tensor:
+    """One query's attention row, (N, M) -> (imsize, imsize), on the key grid upsampled by nearest neighbour."""
+    n = attn.shape[0]
+    h = w = math.isqrt(n)
+    kh, kw = (h // 2, w // 2) if layer.pooled else (h, w)
+    row = attn[query_index(point, h, w, imsize)].reshape(kh, kw)  # (kh, kw)
+    return row.repeat_interleave(imsize // kh, 0).repeat_interleave(imsize // kw, 1)  # (imsize, imsize)
+
+
+def excluded_box(layer: SelfAttention, point: tuple[int, int], n: int, imsize: int) -> tuple[int, int, int, int] | None:
+    """The span mask's excluded square for a query, in image pixels (x0, y0, x1, y1), or None without a span."""
+    if not layer.span:
+        return None
+    h = w = math.isqrt(n)
+    x, y = point
+    qi, qj = y * h // imsize, x * w // imsize
+    cell = imsize // h
+    i0, i1 = max(qi - layer.span, 0), min(qi + layer.span, h - 1)
+    j0, j1 = max(qj - layer.span, 0), min(qj + layer.span, w - 1)
+    return j0 * cell, i0 * cell, (j1 + 1) * cell - 1, (i1 + 1) * cell - 1
+
+
+def _to_rgb(img: Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return (img.float().clamp(-1, 1) * 127.5 + 128).floor().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def colourise(heat: Tensor) -> np.ndarray:
+    """(H, W) weights -> (H, W, 3) uint8 heat colours, scaled to the panel's maximum."""
+    v = heat.float().cpu().numpy()
+    v = v / v.max() if v.max() > 0 else v
+    pos = v * (len(HEAT) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(HEAT) - 2)
+    frac = (pos - lo)[..., None]
+    return (HEAT[lo] * (1 - frac) + HEAT[lo + 1] * frac).round().astype(np.uint8)
+
+
+def _panel(rgb: np.ndarray, scale: int) -> Image.Image:
+    return Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+
+
+def _mark(draw: ImageDraw.ImageDraw, point: tuple[int, int], scale: int) -> None:
+    cx, cy = (point[0] + 0.5) * scale, (point[1] + 0.5) * scale
+    r = max(3, scale)
+    draw.line([(cx - r, cy), (cx + r, cy)], fill=(0, 255, 0), width=2)
+    draw.line([(cx, cy - r), (cx, cy + r)], fill=(0, 255, 0), width=2)
+
+
+@torch.no_grad()
+def attention_figures(G: nn.Module, z: Tensor, y: Tensor | None, points: list[tuple[int, int]]) -> list[Image.Image]:
+    """One figure per sample of (z, y); G runs in eval mode and gets its previous mode back."""
+    layers = attention_layers(G)
+    if not layers:
+        raise ValueError("this generator has no attention layers (--g_attn none); there is nothing to draw")
+    was_training = G.training
+    G.eval()
+    try:
+        imgs, maps = G(z, y, return_attn=True)  # maps: per layer (B, N, M)
+    finally:
+        G.train(was_training)
+    imsize = imgs.shape[-1]
+    scale = max(1, PANEL // imsize)
+    side = imsize * scale
+    figures = []
+    for b in range(imgs.shape[0]):
+        rgb = _to_rgb(imgs[b])
+        fig = Image.new("RGB", ((1 + len(layers)) * (side + 2), len(points) * (side + 2)), (255, 255, 255))
+        for r, pt in enumerate(points):
+            base = _panel(rgb, scale)
+            _mark(ImageDraw.Draw(base), pt, scale)
+            fig.paste(base, (0, r * (side + 2)))
+            for c, (layer, a) in enumerate(zip(layers, maps), start=1):
+                heat = colourise(query_heatmap(a[b], layer, pt, imsize))
+                blend = (0.45 * rgb + 0.55 * heat).round().astype(np.uint8)
+                panel = _panel(blend, scale)
+                draw = ImageDraw.Draw(panel)
+                box = excluded_box(layer, pt, a.shape[1], imsize)
+                if box is not None:
+                    draw.rectangle([v * scale for v in box[:2]] + [(v + 1) * scale - 1 for v in box[2:]],
+                                   outline=(0, 200, 255), width=1)
+                _mark(draw, pt, scale)
+                fig.paste(panel, (c * (side + 2), r * (side + 2)))
+        figures.append(fig)
+    return figures
+
+
+@torch.no_grad()
+def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0) -> Tensor:
+    """(len(classes) * columns, 3, H, W): row r is class classes[r], column c uses the same z in every row."""
+    cfg = G.cfg
+    if not cfg.num_classes:
+        raise ValueError("class grids need a class-conditional model (--num_classes > 0)")
+    bad = [c for c in classes if not 0 <= c < cfg.num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside 0..{cfg.num_classes - 1}")
+    device = next(G.parameters()).device
+    z = torch.randn(columns, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    zs = z.repeat(len(classes), 1)  # (R * C, z_dim)
+    ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
+    return _eval_forward(G, zs, ys)
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between rows a and b (D,) at fractions t (T,) -> (T, D); exact at t = 0 and 1."""
+    omega = torch.arccos((a / a.norm() * b / b.norm()).sum().clamp(-1, 1))
+    so = torch.sin(omega)
+    if so.abs() < 1e-6:
+        return a[None] * (1 - t[:, None]) + b[None] * t[:, None]
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a[None] + (torch.sin(t * omega) / so)[:, None] * b[None]
+
+
+def seed_latent(seed: int, z_dim: int) -> Tensor:
+    return torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def interpolation_grid(G: nn.Module, pairs: list[tuple[int, int]], steps: int = 8, classes: list[int] | None = None) -> Tensor:
+    """(len(pairs) * steps, 3, H, W): row r goes from seed pairs[r][0]'s z to pairs[r][1]'s z by slerp."""
+    cfg = G.cfg
+    device = next(G.parameters()).device
+    t = torch.linspace(0, 1, steps)
+    zs = torch.cat([slerp(seed_latent(a, cfg.z_dim), seed_latent(b, cfg.z_dim), t) for a, b in pairs]).to(device)
+    ys = None
+    if cfg.num_classes:
+        labels = classes or list(range(cfg.num_classes))
+        ys = torch.tensor([labels[r % len(labels)] for r in range(len(pairs))], device=device).repeat_interleave(steps)
+    return _eval_forward(G, zs, ys)
+
+
+def _eval_forward(G: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
+    was_training = G.training
+    G.eval()
+    try:
+        return torch.cat([G(zb, yb) for zb, yb in zip(z.split(64), y.split(64) if y is not None else [None] * len(z.split(64)))])
+    finally:
+        G.train(was_training)
+
+
+def save_figures(figures: list[Image.Image], folder: Path, prefix: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, fig in enumerate(figures):
+        p = folder / f"{prefix}_attn{k}.png"
+        fig.save(p)
+        paths.append(p)
+    return paths

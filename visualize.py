@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from metrics import to_uint8
 from sagan_models import SelfAttention
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
@@ -85,8 +86,8 @@ def excluded_box(layer: SelfAttention, point: tuple[int, int], n: int, imsize: i
 
 
 def _to_rgb(img: Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return (img.float().clamp(-1, 1) * 127.5 + 128).floor().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, the values a saved PNG holds."""
+    return to_uint8(img).permute(1, 2, 0).cpu().numpy()
 
 
 def colourise(heat: Tensor) -> np.ndarray:

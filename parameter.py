@@ -19,7 +19,7 @@ import argparse
 from typing import Sequence
 
 from metrics import WEIGHTS_NAME
-from sagan_models import ARCHS, ATTN_VARIANTS, INITS, IMSIZES
+from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_VARIANTS, INITS, IMSIZES
 
 DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder")
 LOSSES = ("hinge", "wgan-gp", "ns")
@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs")
+
+    f = p.add_argument_group("speed")
+    f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,
+                   help="sdpa: fused scaled_dot_product_attention; math: explicit softmax(QK^T)V (the reference)")
+    f.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
+                   help="autocast dtype for the forward passes (fp16 adds a gradient scaler on CUDA)")
+    f.add_argument("--channels_last", type=str2bool, default=False, help="NHWC memory format for G, D and the images")
+    f.add_argument("--compile", type=str2bool, default=False, help="torch.compile the training-mode G and D")
 
     m = p.add_argument_group("run")
     m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid' or 'best_is'")

@@ -35,6 +35,18 @@ query and is clipped at the border, before the softmax. s = 0 is plain SAGAN, wi
   time).
 - The mask is built once per (height, width, device, dtype) and cached on the module.
 
+Attention backends (`set_attention_backend`, a runtime choice, not part of the model config):
+- "sdpa" (default): `F.scaled_dot_product_attention` with scale 1 and the span mask as an additive
+  attention mask. Its fused CPU and GPU kernels need equal query and value head sizes, so query and
+  key (C/8 channels) are zero-padded to the value's size (C/2 official, C paper). Zeros add nothing
+  to the dot products, so the result is the same attention, and no (N, M) matrix is kept for the
+  backward pass. Fully masked rows are zeroed by multiplying the output by the row-keep vector,
+  which is the same as zeroing their attention rows.
+- "math": the explicit bmm-softmax-bmm of eq. (1)-(2), the reference that the tests compare against.
+  It is also used whenever the attention map is requested (`return_attn=True`).
+Under autocast the softmax runs in fp32 on both paths (autocast promotes `softmax`; the fused
+kernels accumulate in fp32).
+
 Deliberate deviations from the official code (the README's "differences from the references" lists
 them too):
 1. Conditional BN gain is parameterised as 1 + delta(y), as in StudioGAN and BigGAN-PyTorch. With the
@@ -67,6 +79,7 @@ import spectral
 
 ARCHS = ("resnet", "dcgan")
 ATTN_VARIANTS = ("official", "paper")
+ATTN_BACKENDS = ("sdpa", "math")
 INITS = ("xavier", "ortho", "pytorch")
 
 # ResNet generator: channel multiples of g_conv_dim at 4x4, then after each up-block (x2 each).
@@ -282,6 +295,7 @@ class SelfAttention(nn.Module):
             self.value = conv(channels, channels, 1, sn, sn_eps)
             self.out = None
         self.gamma = nn.Parameter(torch.zeros(()))
+        self.backend = "sdpa"
         self._masks: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def mask(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -305,13 +319,26 @@ class SelfAttention(nn.Module):
             v = F.max_pool2d(v, 2)
         k = k.flatten(2)  # (B, C/8, M)
         v = v.flatten(2)  # (B, Cv, M)
-        energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, M), no 1/sqrt(d)
-        if self.span:
-            bias, keep = self.mask(h, w, x.device, energy.dtype)
-            attn = F.softmax(energy + bias, dim=-1) * keep  # (B, N, M)
+        attn = None
+        if self.backend == "sdpa" and not return_attn:
+            cv = v.shape[1]
+            qp = F.pad(q.transpose(1, 2), (0, cv - q.shape[1]))[:, None]  # (B, 1, N, Cv), zero-padded
+            kp = F.pad(k.transpose(1, 2), (0, cv - k.shape[1]))[:, None]  # (B, 1, M, Cv)
+            mask = keep = None
+            if self.span:
+                mask, keep = self.mask(h, w, x.device, qp.dtype)
+            o = F.scaled_dot_product_attention(qp, kp, v.transpose(1, 2)[:, None], attn_mask=mask, scale=1.0)[:, 0]  # (B, N, Cv)
+            if keep is not None:
+                o = o * keep
+            o = o.transpose(1, 2).reshape(b, -1, h, w)  # (B, Cv, H, W)
         else:
-            attn = F.softmax(energy, dim=-1)  # (B, N, M): softmax over keys
-        o = torch.bmm(v, attn.transpose(1, 2)).view(b, -1, h, w)  # (B, Cv, H, W)
+            energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, M), no 1/sqrt(d)
+            if self.span:
+                bias, keep = self.mask(h, w, x.device, energy.dtype)
+                attn = F.softmax(energy + bias, dim=-1) * keep  # (B, N, M)
+            else:
+                attn = F.softmax(energy, dim=-1)  # (B, N, M): softmax over keys
+            o = torch.bmm(v, attn.transpose(1, 2).to(v.dtype)).view(b, -1, h, w)  # (B, Cv, H, W)
         if self.out is not None:
             o = self.out(o)  # (B, C, H, W)
         y = x + self.gamma * o
@@ -395,6 +422,15 @@ class DownConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(self.conv(x), 0.1)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> None:
+    """Use `backend` ("sdpa" or "math") in every attention layer of `model`."""
+    if backend not in ATTN_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTN_BACKENDS)}")
+    for m in model.modules():
+        if isinstance(m, SelfAttention):
+            m.backend = backend
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
 import spectral
-from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention
+from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, set_attention_backend
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -224,9 +224,22 @@ class Trainer:
             self.fixed_y = None
         n = 8 * (len(rows) if self.cfg.num_classes else 8)
         self.fixed_z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.device)
+        # Speed options (see `speed_options`): the modules that the training steps call.
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[getattr(args, "amp", "off")]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
+        self.memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+        set_attention_backend(self.G, getattr(args, "attn_backend", "sdpa"))
+        # WGAN-GP differentiates D's input gradient again; the fused kernels have no double backward.
+        set_attention_backend(self.D, "math" if args.adv_loss == "wgan-gp" else getattr(args, "attn_backend", "sdpa"))
+        self.G.to(memory_format=self.memory_format)
+        self.D.to(memory_format=self.memory_format)
         self.g_train, self.d_train = self.G, self.D
         if args.parallel and self.device.type == "cuda" and torch.cuda.device_count() > 1:
             self.g_train, self.d_train = nn.DataParallel(self.G), nn.DataParallel(self.D)
+        if getattr(args, "compile", False):
+            # Only the training-mode calls are compiled; sampling and evaluation use the eager modules
+            # (same parameters), so switching to eval mode never triggers a recompile.
+            self.g_train, self.d_train = torch.compile(self.g_train), torch.compile(self.d_train)
 
     @staticmethod
     def run_folders(args: Namespace) -> dict[str, Path]:
@@ -365,27 +378,34 @@ class Trainer:
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for the forward passes (--amp); a no-op context when off."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
     def d_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         a = self.args
         if a.flip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(flip, x.flip(3), x)
+        x = x.contiguous(memory_format=self.memory_format)
         y_real = y if self.cfg.num_classes else None
-        spectral.power_iteration(self.D)
-        with torch.no_grad():
+        spectral.power_iteration(self.D)  # fp32, outside autocast
+        with torch.no_grad(), self.autocast():
             y_fake = self.sample_labels(x.shape[0])
             fake = self.g_train(torch.randn(x.shape[0], self.cfg.z_dim, device=self.device), y_fake)
-        d_real = self.d_train(x, y_real)
-        d_fake = self.d_train(fake, y_fake)
+        with self.autocast():
+            d_real = self.d_train(x, y_real).float()
+            d_fake = self.d_train(fake, y_fake).float()
         loss = self.d_loss_fn(d_real, d_fake)
         out = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
         if a.adv_loss == "wgan-gp":
-            gp = gradient_penalty(self.d_train, x, fake, y_real)
+            gp = gradient_penalty(self.d_train, x, fake.float(), y_real)  # in fp32
             loss = loss + a.lambda_gp * gp
             out["loss/gp"] = gp
         self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
         return out
 
     def g_step(self) -> dict[str, Tensor]:
@@ -393,11 +413,13 @@ class Trainer:
         spectral.power_iteration(self.G)
         self.D.requires_grad_(False)
         y_fake = self.sample_labels(b)
-        fake = self.g_train(torch.randn(b, self.cfg.z_dim, device=self.device), y_fake)
-        loss = self.g_loss_fn(self.d_train(fake, y_fake))
+        with self.autocast():
+            fake = self.g_train(torch.randn(b, self.cfg.z_dim, device=self.device), y_fake)
+            loss = self.g_loss_fn(self.d_train(fake, y_fake).float())
         self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
         self.D.requires_grad_(True)
         return {"loss/g": loss}
 

@@ -327,7 +327,8 @@ class SelfAttention(nn.Module):
             mask = keep = None
             if self.span:
                 mask, keep = self.mask(h, w, x.device, qp.dtype)
-            o = F.scaled_dot_product_attention(qp, kp, v.transpose(1, 2)[:, None], attn_mask=mask, scale=1.0)[:, 0]  # (B, N, Cv)
+            vt = v.transpose(1, 2).contiguous()[:, None]  # (B, 1, M, Cv); fused kernels need a unit last stride
+            o = F.scaled_dot_product_attention(qp, kp, vt, attn_mask=mask, scale=1.0)[:, 0]  # (B, N, Cv)
             if keep is not None:
                 o = o * keep
             o = o.transpose(1, 2).reshape(b, -1, h, w)  # (B, Cv, H, W)

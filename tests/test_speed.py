@@ -85,3 +85,41 @@ def test_wgan_gp_runs_with_the_fused_default(tmp_path: Path, monkeypatch: pytest
     """WGAN-GP needs a double backward through D, which the fused kernels lack: D falls back to math."""
     monkeypatch.chdir(tmp_path)
     assert main(TINY + ["--total_step", "1", "--version", "gp", "--adv_loss", "wgan-gp"]) == 0
+
+
+def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    import bench
+
+    base = shlex.split("--imsize 32 --g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --device cpu")
+    f2 = bench.count_flops(base + ["--batch_size", "2"], 0)
+    f4 = bench.count_flops(base + ["--batch_size", "4"], 0)
+    assert f2 > 0 and abs(f4 / f2 - 2) < 0.05  # counted FLOPs scale with the batch
+    out = tmp_path / "b.json"
+    assert bench.main(base + ["--batch_size", "2", "--iters", "2", "--warmup", "1", "--json", str(out),
+                              "--compare", "math:--attn_backend math|fused:--attn_backend sdpa --channels_last true"]) == 0
+    text = capsys.readouterr().out
+    assert "GFLOP per iteration (counted)" in text and "math" in text and "fused" in text and "time ratio" in text
+    res = json.loads(out.read_text())
+    assert [r["name"] for r in res["results"]] == ["math", "fused"]
+    for r in res["results"]:
+        assert len(r["times"]) == 2 and r["s_per_iter"] > 0 and r["peak_bytes"] > 0 and 0 < r["matmul_fraction"]
+    assert all(r["flops"] == f2 for r in res["results"])  # same model: same counted work
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("span", [0, 1])
+def test_fused_kernel_is_used_in_training(variant: str, span: int) -> None:
+    """The sdpa backend must reach the fused CPU kernel (no softmax over an N x M matrix), not the
+    math fallback that SDPA silently takes for, e.g., non-unit last strides."""
+    from torch.profiler import profile
+
+    layer = _layer(variant, span)
+    x = torch.randn(2, 16, 16, 16, requires_grad=True)
+    with profile() as prof:
+        layer(x).sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert "aten::_softmax" not in ops and "aten::_safe_softmax" not in ops

@@ -1,0 +1,192 @@
+"""Time full SAGAN training iterations (n_dis D steps + one G step) for any configuration main.py accepts.
+
+    python bench.py --arch dcgan --attn_variant paper --imsize 64 --batch_size 64 --g_attn 16,32 --d_attn 8,4
+    python bench.py <same flags> --compare "math:--attn_backend math|sdpa:--attn_backend sdpa|sdpa+cl:--channels_last true"
+
+Each variant is the base flags plus its own; all variants run in this one process, one after another,
+on the same device. Per variant: `--warmup` iterations (compilation included), then `--iters` timed
+ones. Printed: median seconds per iteration, images per second (real images through D per second, as
+the training log counts them), peak memory during the timed iterations (RSS high-water mark on the
+CPU, reset through /proc/self/clear_refs after `malloc_trim`, so memory freed by an earlier variant
+does not count; max allocated on a GPU), model FLOPs per iteration counted
+by `torch.utils.flop_counter.FlopCounterMode` over one eager fp32 iteration with the math attention
+backend (the same work whatever the backend, AMP or compile; matmuls and convolutions, forward and
+backward; counted per variant, since a variant may change the model), the
+achieved FLOP/s, and that as a fraction of a dense matmul measured on the same device in the same run
+(fp32, or the AMP dtype on a GPU). Ratios are against the first variant.
+
+Real images are a fixed random batch on the device, so data loading is not timed; the optimizer
+steps, spectral-norm power iterations and label sampling are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import resource
+import shlex
+import statistics
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from parameter import get_parameters
+from sagan_models import set_attention_backend
+from trainer import Trainer, model_config, resolve_device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # hand freed heap memory back to the OS, so that RSS is what is in use now
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM (peak RSS) on Linux
+        except OSError:
+            pass
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Median rate of an n x n @ n x n matmul (2 n^3 FLOPs)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def make_trainer(argv: Sequence[str], num_classes: int) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
+    args = get_parameters(list(argv) + ["--use_tensorboard", "false"])
+    cfg = model_config(args, num_classes)
+    trainer = Trainer(args, cfg)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.batch_size, 3, cfg.imsize, cfg.imsize, generator=g) * 2 - 1).to(trainer.device)
+    y = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=g).to(trainer.device)
+    return trainer, x, y
+
+
+def iteration(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+    for _ in range(trainer.args.n_dis):
+        trainer.d_step(x, y)
+    trainer.g_step()
+
+
+def count_flops(argv: Sequence[str], num_classes: int) -> int:
+    """FLOPs of one eager fp32 iteration with the math attention backend."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer, x, y = make_trainer(list(argv) + ["--amp", "off", "--compile", "false"], num_classes)
+    set_attention_backend(trainer.G, "math")
+    set_attention_backend(trainer.D, "math")
+    with FlopCounterMode(display=False) as counter:
+        iteration(trainer, x, y)
+    return counter.get_total_flops()
+
+
+def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int) -> dict:
+    trainer, x, y = make_trainer(argv, num_classes)
+    device = trainer.device
+    for _ in range(warmup):
+        iteration(trainer, x, y)
+    sync(device)
+    gc.collect()
+    reset_peak(device)
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t = time.perf_counter()
+        iteration(trainer, x, y)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    a = trainer.args
+    med = statistics.median(times)
+    return {"s_per_iter": med, "img_per_s": a.batch_size * a.n_dis / med, "peak_bytes": peak_bytes(device),
+            "times": times, "device": str(device)}
+
+
+def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
+    if not spec:
+        return [("base", [])]
+    out = []
+    for part in spec.split("|"):
+        name, _, flags = part.partition(":")
+        out.append((name.strip(), shlex.split(flags)))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=True)
+    p.add_argument("--compare", type=str, default=None, help="'name:flags|name:flags' variants on top of the base flags")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--num_classes_bench", type=int, default=0, help="classes for the benchmarked model (0: unconditional)")
+    p.add_argument("--json", type=str, default=None, help="also write the results here")
+    own, rest = p.parse_known_args(argv)
+    if own.threads:
+        torch.set_num_threads(own.threads)
+    base = get_parameters(rest)
+    device = resolve_device(base.device)
+    variants = parse_compare(own.compare)
+    mm_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(base.amp, torch.float32) if device.type == "cuda" else torch.float32
+    mm = matmul_flops_per_s(device, mm_dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; base flags: {' '.join(rest)}")
+    print(f"dense {str(mm_dtype).split('.')[-1]} matmul: {mm / 1e9:.1f} GFLOP/s; model FLOPs per iteration counted "
+          f"per variant (GFLOP per iteration (counted) column)")
+    results = []
+    for vname, flags in variants:
+        r = bench_variant(list(rest) + flags, own.num_classes_bench, own.warmup, own.iters)
+        gc.collect()
+        flops = count_flops(list(rest) + flags, own.num_classes_bench)  # after timing: its peak is not measured
+        r.update(name=vname, flags=" ".join(flags), flops=flops, gflop_per_s=flops / r["s_per_iter"] / 1e9)
+        r["matmul_fraction"] = flops / r["s_per_iter"] / mm
+        results.append(r)
+        gc.collect()
+    first = results[0]["s_per_iter"]
+    print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} {'time ratio':>10}")
+    for r in results:
+        print(f"{r['name']:<16} {r['s_per_iter']:>8.3f} {r['img_per_s']:>8.1f} {r['peak_bytes'] / 2**20:>9.0f} "
+              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {r['s_per_iter'] / first:>10.2f}")
+    if own.json:
+        with open(own.json, "w") as f:
+            json.dump({"device": name, "matmul_flops_per_s": mm, "base": rest, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import resource
 import shlex
 import statistics

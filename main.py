@@ -21,8 +21,8 @@ from data_loader import DatasetError, build_dataset, class_folders, get_loader
 from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
 from parameter import get_parameters
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from trainer import (CheckpointError, Trainer, checkpoint_path, load_checkpoint, model_config, resolve_device,
-                     write_json_atomic)
+from trainer import (CheckpointError, Trainer, checkpoint_path, class_rows, load_checkpoint, model_config,
+                     resolve_device, write_json_atomic)
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
 KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000}
@@ -124,7 +124,7 @@ def parse_classes(spec: str | None, num_classes: int) -> list[int]:
             return [int(c) for c in spec.split(",") if c.strip()]
         except ValueError:
             raise ValueError(f"--classes expects comma-separated class indices such as 0,3,7, got {spec!r}")
-    return torch.linspace(0, num_classes - 1, min(num_classes, 16)).round().long().tolist()
+    return class_rows(num_classes)
 
 
 def look_inside(trainer: Trainer, args: Namespace) -> list[Path]:

@@ -39,16 +39,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from sagan_models import eval_mode
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -160,37 +161,29 @@ def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: 
     """Yield (uint8 images, labels) batches from G in eval mode; G's previous mode is restored afterwards."""
     cfg = G.cfg
     z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed)
-    was_training = G.training
-    G.eval()
-    try:
+    with eval_mode(G):
         for i in range(0, n, batch_size):
             zb = z[i:i + batch_size].to(device)
             yb = y[i:i + batch_size].to(device) if y is not None else None
             yield to_uint8(G(zb, yb)).cpu(), (yb.cpu() if yb is not None else None)
-    finally:
-        G.train(was_training)
+
+
+def features_of(net: Inception, batches: Iterable[Tensor]) -> Features:
+    """Features of a stream of uint8 image batches."""
+    feats = [net(b) for b in batches]
+    return Features(torch.cat([p for p, _ in feats]), torch.cat([l for _, l in feats]))
 
 
 def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> Features:
     device = next(G.parameters()).device
-    pools, logits = [], []
-    for imgs, _ in generate(G, n, batch_size, device, seed):
-        p, l = net(imgs)
-        pools.append(p)
-        logits.append(l)
-    return Features(torch.cat(pools), torch.cat(logits))
+    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed)))
 
 
 def dataset_features(dataset: Dataset, net: Inception, batch_size: int = 64, num_workers: int = 0) -> Features:
     """Features of a dataset whose items are ([-1, 1] image, label); read in order, no flips."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))  # never draws from the global RNG
-    pools, logits = [], []
-    for x, _ in loader:
-        p, l = net(to_uint8(x))
-        pools.append(p)
-        logits.append(l)
-    return Features(torch.cat(pools), torch.cat(logits))
+    return features_of(net, (to_uint8(x) for x, _ in loader))
 
 
 def folder_images(folder: Path, imsize: int) -> Tensor:
@@ -213,9 +206,7 @@ def folder_images(folder: Path, imsize: int) -> Tensor:
 
 
 def folder_features(folder: Path, imsize: int, net: Inception, batch_size: int = 64) -> Features:
-    imgs = folder_images(folder, imsize)
-    feats = [net(b) for b in imgs.split(batch_size)]
-    return Features(torch.cat([p for p, _ in feats]), torch.cat([l for _, l in feats]))
+    return features_of(net, folder_images(folder, imsize).split(batch_size))
 
 
 def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> list[Path]:
@@ -350,7 +341,7 @@ def format_table(result: dict) -> str:
     note = "" if w["official"] else "  (NOT the TF-Inception 2015-12-05 file: numbers are not comparable with papers)"
     rows = [
         ("source", result["source"]),
-        (f"IS (10 splits)", f"{m['is_10splits']:.4f} +- {m['is_10splits_std']:.4f}"),
+        ("IS (10 splits)", f"{m['is_10splits']:.4f} +- {m['is_10splits_std']:.4f}"),
         ("IS (1 split)", f"{m['is_1split']:.4f}"),
         ("FID", f"{m['fid']:.4f}"),
         ("KID", f"{m['kid']:.6f} +- {m['kid_std']:.6f}"),

@@ -66,9 +66,10 @@ them too):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -423,6 +424,26 @@ class DownConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(self.conv(x), 0.1)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with `model` in eval mode (BN running statistics, no SN update); restore its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def sample(G: nn.Module, z: Tensor, y: Tensor | None = None, batch_size: int = 64) -> Tensor:
+    """G(z, y) in eval mode, `batch_size` rows at a time: (B, 3, imsize, imsize) in [-1, 1]."""
+    zs = z.split(batch_size)
+    ys = y.split(batch_size) if y is not None else [None] * len(zs)
+    with eval_mode(G):
+        return torch.cat([G(zb, yb) for zb, yb in zip(zs, ys)])
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> None:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
 import spectral
-from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, set_attention_backend
+from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, sample, set_attention_backend
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -146,6 +146,11 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def class_rows(num_classes: int, limit: int = 16) -> list[int]:
+    """The classes shown as grid rows: all of them, or `limit` spread evenly over them."""
+    return torch.linspace(0, num_classes - 1, min(num_classes, limit)).round().long().tolist()
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message is one line that says what to do."""
 
@@ -218,13 +223,13 @@ class Trainer:
         # Fixed noise for sample grids: one row per class when conditional (at most 16 evenly spaced classes).
         g = torch.Generator().manual_seed(args.seed + 1)
         if self.cfg.num_classes:
-            rows = torch.linspace(0, self.cfg.num_classes - 1, min(self.cfg.num_classes, 16)).round().long()
+            rows = torch.tensor(class_rows(self.cfg.num_classes))
             self.fixed_y = rows.repeat_interleave(8).to(self.device)
         else:
             self.fixed_y = None
         n = 8 * (len(rows) if self.cfg.num_classes else 8)
         self.fixed_z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.device)
-        # Speed options (see `speed_options`): the modules that the training steps call.
+        # Speed options (--amp, --channels_last, --attn_backend, --compile) and the modules the steps call.
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[getattr(args, "amp", "off")]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
         self.memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
@@ -261,12 +266,7 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path | None = None) -> tuple[Path, Tensor]:
         """Fixed-noise grid drawn in eval mode (then back to the previous mode); returns (png path, grid)."""
-        was_training = self.G.training
-        self.G.eval()
-        zs = self.fixed_z.split(64)
-        ys = self.fixed_y.split(64) if self.fixed_y is not None else [None] * len(zs)
-        imgs = torch.cat([self.G(z, y) for z, y in zip(zs, ys)])
-        self.G.train(was_training)
+        imgs = sample(self.G, self.fixed_z, self.fixed_y)
         grid = make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=8, padding=2).clamp(0, 1)
         path = path or self.run["samples"] / f"{self.step}_fake.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,11 +355,12 @@ class Trainer:
         n = self.args.eval_samples or DEFAULT_EVAL_SAMPLES
         result = self.evaluator(self.G, n, source=f"{self.args.version} step {self.step}")
         m = result["metrics"]
+        scalars = tensorboard_scalars(m)
         record = {"step": self.step, "kimg": self.step * self.args.batch_size * self.args.n_dis / 1000,
                   "seconds": round(time.perf_counter() - t0, 3), **m}
         append_jsonl(self.run["models"] / "metrics.jsonl", record)
         if writer:
-            for k, v in tensorboard_scalars(m).items():
+            for k, v in scalars.items():
                 writer.add_scalar(k, v, self.step)
         if m["fid"] < self.best["fid"]:
             self.best["fid"] = m["fid"]
@@ -367,7 +368,7 @@ class Trainer:
         if m["is_10splits"] > self.best["is"]:
             self.best["is"] = m["is_10splits"]
             self.save("best_is")
-        print(" ".join([f"eval step {self.step}:"] + [f"{k.split('/')[1]} {v:.4f}" for k, v in tensorboard_scalars(m).items()]
+        print(" ".join([f"eval step {self.step}:"] + [f"{k.split('/')[1]} {v:.4f}" for k, v in scalars.items()]
                        + [f"({record['seconds']:.0f} s)"]), flush=True)
         return record
 

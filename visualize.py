@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from metrics import to_uint8
-from sagan_models import SelfAttention
+from sagan_models import SelfAttention, eval_mode, sample
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
 # Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
@@ -117,12 +117,8 @@ def attention_figures(G: nn.Module, z: Tensor, y: Tensor | None, points: list[tu
     layers = attention_layers(G)
     if not layers:
         raise ValueError("this generator has no attention layers (--g_attn none); there is nothing to draw")
-    was_training = G.training
-    G.eval()
-    try:
+    with eval_mode(G):
         imgs, maps = G(z, y, return_attn=True)  # maps: per layer (B, N, M)
-    finally:
-        G.train(was_training)
     imsize = imgs.shape[-1]
     scale = max(1, PANEL // imsize)
     side = imsize * scale
@@ -162,7 +158,7 @@ def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0
     z = torch.randn(columns, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     zs = z.repeat(len(classes), 1)  # (R * C, z_dim)
     ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
-    return _eval_forward(G, zs, ys)
+    return sample(G, zs, ys)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -189,16 +185,7 @@ def interpolation_grid(G: nn.Module, pairs: list[tuple[int, int]], steps: int = 
     if cfg.num_classes:
         labels = classes or list(range(cfg.num_classes))
         ys = torch.tensor([labels[r % len(labels)] for r in range(len(pairs))], device=device).repeat_interleave(steps)
-    return _eval_forward(G, zs, ys)
-
-
-def _eval_forward(G: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
-    was_training = G.training
-    G.eval()
-    try:
-        return torch.cat([G(zb, yb) for zb, yb in zip(z.split(64), y.split(64) if y is not None else [None] * len(z.split(64)))])
-    finally:
-        G.train(was_training)
+    return sample(G, zs, ys)
 
 
 def save_figures(figures: list[Image.Image], folder: Path, prefix: str) -> list[Path]:

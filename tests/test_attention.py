@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import sagan_models
 from sagan_models import ModelConfig, SelfAttention

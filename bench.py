@@ -100,7 +100,7 @@ def make_trainer(argv: Sequence[str], num_classes: int) -> tuple[Trainer, torch.
 
 def iteration(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
     for _ in range(trainer.args.n_dis):
-        trainer.d_step(x, y)
+        trainer.d_step([(x, y)] * trainer.accum)
     trainer.g_step()
 
 
@@ -133,7 +133,7 @@ def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int
         times.append(time.perf_counter() - t)
     a = trainer.args
     med = statistics.median(times)
-    return {"s_per_iter": med, "img_per_s": a.batch_size * a.n_dis / med, "peak_bytes": peak_bytes(device),
+    return {"s_per_iter": med, "img_per_s": trainer.global_batch * a.n_dis / med, "peak_bytes": peak_bytes(device),
             "times": times, "device": str(device)}
 
 

@@ -15,6 +15,16 @@ unlabelled). Random flips are applied per batch by the trainer (`--flip`), not h
 
 A missing or empty dataset raises `DatasetError` with one line: what was looked for, where, and the
 `download.sh` command that fetches it.
+
+Decoding (`open_rgb`): grayscale, 16-bit, palette, CMYK and transparent images become 8-bit RGB
+(16-bit values are scaled by 255/65535, transparency is composited onto white). A file that cannot be
+decoded (corrupt, truncated, not an image) is skipped: the item is replaced by the next readable one
+and marked in a shared-memory bitmap (`bad_files`), so that the trainer can warn with a count and
+stop when more than `MAX_BAD_FRACTION` of the dataset is unreadable.
+
+Training order (`EpochBatchSampler`): one permutation per epoch from (seed, epoch), split across
+processes as DistributedSampler does, and started at any batch of the epoch, so that a resumed run
+reads exactly the batches that an uninterrupted run would have read.
 """
 
 from __future__ import annotations
@@ -24,15 +34,16 @@ import os
 import pickle
 from argparse import Namespace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+MAX_BAD_FRACTION = 0.01  # training stops when more than 1% of the images cannot be decoded
 
 
 class DatasetError(Exception):
@@ -41,6 +52,81 @@ class DatasetError(Exception):
 
 def _normalise() -> list[Callable]:
     return [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+
+
+def open_rgb(src: "Path | io.BytesIO") -> Image.Image:
+    """Decode an image fully and return it as 8-bit RGB (see the module docstring for the conversions)."""
+    with Image.open(src) as img:
+        img.load()
+        mode = img.mode
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(img, dtype=np.float64)
+            a = a * (255.0 / 65535.0) if mode != "I" or a.max() > 255 else a
+            return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if mode == "F":
+            a = np.asarray(img, dtype=np.float64)
+            a = a * 255.0 if a.max() <= 1.0 else a
+            return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+class ReadableItems(Dataset):
+    """Base of the datasets that decode files: an unreadable item is replaced by the next readable
+    one and recorded in `self.bad`, a bool tensor in shared memory (visible across loader workers)."""
+
+    def __init__(self, n: int) -> None:
+        self.bad = torch.zeros(n, dtype=torch.bool).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.bad)
+
+    def read(self, i: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        n = len(self)
+        for k in range(n):
+            j = (i + k) % n
+            if self.bad[j]:
+                continue
+            try:
+                return self.read(j)
+            except Exception:  # noqa: BLE001 - any decoding failure: skip the file, count it
+                self.bad[j] = True
+        raise DatasetError(f"none of the {n} images could be decoded (e.g. {self.name(i)}); check the dataset folder")
+
+
+def bad_files(dataset: Dataset) -> tuple[int, int, list[str]]:
+    """(unreadable items found so far, items, a few of their names) of a dataset or a Subset of one."""
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = torch.as_tensor(dataset.indices) if indices is None else torch.as_tensor(dataset.indices)[indices]
+        dataset = dataset.dataset
+    if not isinstance(dataset, ReadableItems):
+        return 0, len(dataset), []
+    flags = dataset.bad if indices is None else dataset.bad[indices]
+    where = torch.nonzero(flags).flatten()
+    base = where if indices is None else indices[where]
+    return int(flags.sum()), len(flags), [dataset.name(int(j)) for j in base[:3]]
+
+
+def check_bad_files(dataset: Dataset) -> str | None:
+    """None when every image read so far decoded; a warning line when some did not; DatasetError
+    when more than MAX_BAD_FRACTION of the dataset is unreadable."""
+    n_bad, n, names = bad_files(dataset)
+    if not n_bad:
+        return None
+    line = f"{n_bad} of {n} images could not be decoded and were skipped (e.g. {', '.join(names)})"
+    if n_bad > MAX_BAD_FRACTION * n:
+        raise DatasetError(f"{line}: more than {MAX_BAD_FRACTION:.0%} of the dataset; re-download it or remove the broken files")
+    return line
 
 
 class CenterCropLongEdge:
@@ -125,22 +211,21 @@ def list_images(root: Path) -> list[Path]:
     return files
 
 
-class ImageFiles(Dataset):
-    """Image files with optional integer labels, decoded with PIL and converted to RGB."""
+class ImageFiles(ReadableItems):
+    """Image files with optional integer labels, decoded with `open_rgb`."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, transform: Callable) -> None:
+        super().__init__(len(files))
         self.files, self.labels, self.transform = files, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def source_files(self) -> list[Path]:
         return list(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[i]) as img:
-            x = self.transform(img.convert("RGB"))
-        return x, self.labels[i] if self.labels is not None else 0
+    def name(self, i: int) -> str:
+        return str(self.files[i])
+
+    def read(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(open_rgb(self.files[i])), self.labels[i] if self.labels is not None else 0
 
 
 def class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -160,7 +245,7 @@ def class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
 # LSUN (lmdb) and CIFAR-10 (pickles)
 
 
-class LSUN(Dataset):
+class LSUN(ReadableItems):
     """One LSUN category's lmdb export; values are encoded images. The lmdb handle opens lazily per worker."""
 
     def __init__(self, db_path: Path, transform: Callable) -> None:
@@ -170,9 +255,10 @@ class LSUN(Dataset):
         with lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False) as env:
             with env.begin() as txn:
                 self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        super().__init__(len(self.keys))
 
-    def __len__(self) -> int:
-        return len(self.keys)
+    def name(self, i: int) -> str:
+        return f"{self.db_path} key {self.keys[i].decode(errors='replace')}"
 
     def source_files(self) -> list[Path]:
         return [Path(self.db_path) / "data.mdb"]
@@ -180,15 +266,14 @@ class LSUN(Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "env": None}
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def read(self, i: int) -> tuple[torch.Tensor, int]:
         if self.env is None:
             import lmdb
 
             self.env = lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False)
         with self.env.begin() as txn:
             buf = txn.get(self.keys[i])
-        with Image.open(io.BytesIO(buf)) as img:
-            return self.transform(img.convert("RGB")), 0
+        return self.transform(open_rgb(io.BytesIO(buf))), 0
 
 
 class CIFAR10(Dataset):
@@ -292,18 +377,42 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
     raise DatasetError(f"unknown dataset {name!r}")
 
 
-def get_loader(args: Namespace, dataset: Dataset, device: torch.device) -> DataLoader:
-    """Shuffled, drop-last loader; workers persist across epochs; pinned memory on CUDA."""
-    if args.batch_size > len(dataset):
-        raise DatasetError(f"--batch_size {args.batch_size} is larger than the dataset ({len(dataset)} images); use a smaller batch")
-    g = torch.Generator().manual_seed(args.seed)
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one process: the epoch's permutation comes from (seed, epoch); process
+    `rank` of `world` takes every world-th index of it (as DistributedSampler does, after dropping the
+    tail so that every process has the same number of batches); the last partial batch is dropped.
+    `set_epoch(epoch, start)` makes the next iteration begin at batch `start` of that epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.start = 0, 0
+        if len(self) == 0:
+            total = f"--batch_size {batch_size} x {world} processes" if world > 1 else f"--batch_size {batch_size}"
+            raise DatasetError(f"{total} is larger than the dataset ({n} images); use a smaller batch")
+
+    def __len__(self) -> int:
+        return (self.n // self.world) // self.batch_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: (self.n // self.world) * self.world]
+        mine = perm[self.rank :: self.world]
+        for b in range(self.start, len(self)):
+            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: int = 0, world: int = 1) -> DataLoader:
+    """The training loader: `EpochBatchSampler` batches of --batch_size per process; workers persist
+    across epochs; pinned memory on CUDA. The trainer moves it with `batch_sampler.set_epoch`."""
+    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, rank, world)
     return DataLoader(
         dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
+        batch_sampler=sampler,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=args.num_workers > 0,
-        generator=g,
+        generator=torch.Generator().manual_seed(args.seed),  # worker seeds; never the global RNG
     )

@@ -3,7 +3,9 @@
 scores a folder of images); `--dry_run` prints the resolved configuration and the parameter counts.
 
 Expected problems (a missing dataset, an impossible flag combination, a missing or mismatched
-checkpoint, a diverged run) end with one line on stderr that says what to do, and exit code 2.
+checkpoint, a diverged run, an inconsistent torchrun environment) end with one line on stderr that
+says what to do, and exit code 2. SIGTERM/SIGINT save a checkpoint at the current step and exit 3.
+Under `torchrun --nproc_per_node N main.py ...` every process trains; rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+import distributed
 from data_loader import DatasetError, build_dataset, class_folders, get_loader
+from distributed import LaunchError
 from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
 from parameter import get_parameters
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from trainer import (CheckpointError, Trainer, checkpoint_path, class_rows, load_checkpoint, model_config,
+from trainer import (CheckpointError, Preempted, Trainer, checkpoint_path, class_rows, load_checkpoint, model_config,
                      resolve_device, write_json_atomic)
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
@@ -147,20 +151,29 @@ def look_inside(trainer: Trainer, args: Namespace) -> list[Path]:
 
 
 def train(args: Namespace) -> int:
-    device = resolve_device(args.device)
+    """Train in this process, or as one process of a torchrun launch (rank 0 prints and writes)."""
+    env = distributed.launch_env()
+    device = distributed.device_for(env, args.device)
+    say = print if env.is_main else (lambda *a, **k: None)
     dataset, classes = build_dataset(args)
     cfg = model_config(args, resolve_num_classes(args, classes))
-    loader = get_loader(args, dataset, device)
-    evaluator = build_evaluator(args, device, dataset) if args.eval_step else None
-    trainer = Trainer(args, cfg, loader, evaluator)
-    if args.pretrained_model:
-        path = trainer.load(args.pretrained_model)
-        print(f"resumed from {path} at step {trainer.step}", flush=True)
-    print(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
-          f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
-          f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)
-    trainer.train()
-    print(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
+    loader = get_loader(args, dataset, device, env.rank, env.world)
+    evaluator = build_evaluator(args, device, dataset) if args.eval_step and env.is_main else None
+    distributed.init(env, device)
+    try:
+        trainer = Trainer(args, cfg, loader, evaluator, env)
+        if args.pretrained_model:
+            path = trainer.load(args.pretrained_model)
+            say(f"resumed from {path} at step {trainer.step}", flush=True)
+        say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
+            f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
+            f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)
+        say(f"batch: {args.batch_size} per process x {trainer.accum} micro-batches x {env.world} processes "
+            f"= {trainer.global_batch} images per D update", flush=True)
+        trainer.train()
+        say(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -172,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.train:
             return sample(args)
         return train(args)
-    except (DatasetError, CheckpointError, EvalError, ValueError, FloatingPointError) as e:
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    except (DatasetError, CheckpointError, EvalError, LaunchError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

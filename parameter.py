@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--version", type=str, default="sagan_1", help="run name: folders <path>/<version>/")
     t.add_argument("--total_step", type=positive_step, default=1_000_000, help="generator steps")
     t.add_argument("--d_iters", "--n_dis", dest="n_dis", type=positive_step, default=1, help="D steps per G step")
-    t.add_argument("--batch_size", type=positive_step, default=64)
+    t.add_argument("--batch_size", type=positive_step, default=64, help="images per process per micro-batch (see --accum)")
     t.add_argument("--num_workers", type=int, default=2)
     t.add_argument("--g_lr", type=float, default=1e-4)
     t.add_argument("--d_lr", type=float, default=4e-4)
@@ -125,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--flip", type=str2bool, default=False, help="random horizontal flips of real images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")
-    t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs")
+    t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")
+
+    s = p.add_argument_group("scale (torchrun, EMA, accumulation)")
+    s.add_argument("--accum", type=positive_step, default=1,
+                   help="micro-batches of --batch_size per optimizer step (global batch = batch_size x accum x processes)")
+    s.add_argument("--sync_bn", type=str2bool, default=False, help="under torchrun on CUDA: batch-norm statistics over all processes")
+    s.add_argument("--ema", type=str2bool, default=False, help="keep an EMA generator; samples, attention maps and metrics use it")
+    s.add_argument("--ema_decay", type=float, default=0.9999)
+    s.add_argument("--ema_start", type=non_negative, default=2000, help="steps before which the EMA generator is a copy of G")
 
     f = p.add_argument_group("speed")
     f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log_step", type=positive_step, default=10)
     o.add_argument("--sample_step", type=positive_step, default=100)
     o.add_argument("--model_save_step", type=positive_step, default=1000)
+    o.add_argument("--keep_last", type=non_negative, default=0, help="keep only the newest K step checkpoints (0: all; best_* are always kept)")
 
     v = p.add_argument_group("visualisation (visualize.py)")
     v.add_argument("--attn_samples", type=non_negative, default=4, help="attention figures per --sample_step (0: none)")

@@ -8,17 +8,36 @@ One iteration (= one "step", counted in generator updates as in the paper and th
 - G update: one power iteration for G; loss = g_loss(D(G(z), y_fake)); D's parameters are frozen.
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
-Checkpoints are one file per save, `<model_save_path>/<version>/<step>.pt`, holding G, D, both
-optimizers, both LR schedulers, the step, the model config, all arguments and the RNG states; a
-`latest` file names the newest. They contain only tensors and plain Python data and are loaded with
-`weights_only=True`.
+Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
+(losses divided by K; under DDP the gradient all-reduce runs only on the last micro-batch), so the
+global batch is batch_size x K x WORLD_SIZE. Batch norm in G sees micro-batches, not the global batch
+(as in BigGAN-PyTorch's accumulation), unless `--sync_bn` (CUDA only) joins the processes' statistics.
+The EMA generator follows BigGAN-PyTorch's `utils.ema`: every floating-point entry of G's state dict
+(weights, batch-norm running statistics, spectral-norm u and v) is averaged after each G step with
+`--ema_decay`, and copied outright before `--ema_start`.
+
+Checkpoints are one file per save, `<model_save_path>/<version>/<step>.pt`, holding G, D, the EMA
+generator, both optimizers, both LR schedulers, the gradient scaler, the step, the data position, the
+model config, all arguments and the RNG states of every process; a `latest` file names the newest.
+They contain only tensors and plain Python data and are loaded with `weights_only=True`. Each file
+is written to a temporary name in the same folder, flushed, fsynced and renamed into place (then the
+`latest` pointer the same way, then `--keep_last` pruning), so a kill at any moment leaves the
+previous checkpoint loadable; weights that are not finite are never written.
+
+Exit codes of `main.py`: 0 done; 2 an error explained on one line; 3 stopped by SIGTERM/SIGINT after
+saving a checkpoint at the current step (resume with `--pretrained_model latest`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import errno
 import json
 import os
+import pickle
 import random
+import signal
 import sys
 import time
 from argparse import Namespace
@@ -32,7 +51,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
+import distributed
 import spectral
+from data_loader import check_bad_files
+from distributed import DistEnv
 from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, sample, set_attention_backend
 
 if TYPE_CHECKING:
@@ -101,12 +123,8 @@ def model_config(args: Namespace, num_classes: int) -> ModelConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but no CUDA device is available; use --device cpu")
-    return dev
+    """--device for one process (auto: CUDA when available)."""
+    return distributed.device_for(DistEnv(), name)
 
 
 def attention_gammas(model: nn.Module) -> dict[str, float]:
@@ -152,7 +170,40 @@ def class_rows(num_classes: int, limit: int = 16) -> list[int]:
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message is one line that says what to do."""
+    """A checkpoint that cannot be used or written; the message is one line that says what to do."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved (main.py exits with 3)."""
+
+
+class EMA:
+    """Exponential moving average of a generator (BigGAN-PyTorch `utils.ema`): after each G step,
+    target = decay * target + (1 - decay) * source for every floating-point state-dict entry
+    (parameters and buffers: batch-norm statistics, spectral-norm u and v); integer entries are
+    copied. Until `start` steps the target is a copy of the source."""
+
+    def __init__(self, source: nn.Module, decay: float, start: int) -> None:
+        self.source, self.decay, self.start = source, decay, start
+        self.model = copy.deepcopy(source).eval().requires_grad_(False)
+        self._pairs()
+
+    def _pairs(self) -> None:
+        src, tgt = self.source.state_dict(keep_vars=True), self.model.state_dict(keep_vars=True)
+        self.float_pairs = [(tgt[k], src[k]) for k in tgt if tgt[k].is_floating_point()]
+        self.other_pairs = [(tgt[k], src[k]) for k in tgt if not tgt[k].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Call after the G update of `step` (1-based)."""
+        tgt = [t.data for t, _ in self.float_pairs]
+        src = [s.data for _, s in self.float_pairs]
+        if step < self.start:
+            torch._foreach_copy_(tgt, src)
+        else:
+            torch._foreach_lerp_(tgt, src, 1.0 - self.decay)
+        for t, s in self.other_pairs:
+            t.copy_(s)
 
 
 def checkpoint_path(folder: Path, which: str) -> Path:
@@ -180,8 +231,14 @@ def checkpoint_path(folder: Path, which: str) -> Path:
 def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure gets the same one-line answer
-        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}") from e
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects that only arbitrary code could rebuild "
+            f"({str(e).splitlines()[0][:120]}), and checkpoints are loaded with weights_only=True; "
+            f"use a checkpoint written by this code") from e
+    except Exception as e:  # noqa: BLE001 - any other failure (truncated, not a torch file) gets one line
+        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}; it is damaged or not a checkpoint, "
+                              f"pick another with --pretrained_model STEP") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by this code (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -200,25 +257,38 @@ def check_same_model(saved: dict, current: ModelConfig, path: Path) -> None:
 
 
 class Trainer:
-    """Builds G, D and their optimizers from `args`; `train()` runs the loop, `sample_grid()` writes a grid."""
+    """Builds G, D, their optimizers and (with --ema) the EMA generator from `args`; `train()` runs the
+    loop, `sample_grid()` writes a grid. `dist` is the torchrun environment (one process by default)."""
 
     def __init__(self, args: Namespace, cfg: ModelConfig, loader: DataLoader | None = None,
-                 evaluator: "Evaluator | None" = None) -> None:
+                 evaluator: "Evaluator | None" = None, dist: DistEnv | None = None) -> None:
         self.args = args
         self.loader = loader
         self.evaluator = evaluator
+        self.dist = dist or DistEnv()
         self.best = {"fid": float("inf"), "is": float("-inf")}
-        self.device = resolve_device(args.device)
+        self.device = distributed.device_for(self.dist, args.device)
+        if self.dist.enabled and args.parallel:
+            raise ValueError("--parallel (DataParallel) cannot be combined with torchrun; drop --parallel")
+        if getattr(args, "sync_bn", False) and self.device.type != "cuda":
+            raise ValueError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); drop it on the CPU")
         seed_everything(args.seed)
         self.cfg = cfg.resolved()
         self.G = Generator(self.cfg).to(self.device)
         self.D = Discriminator(self.cfg).to(self.device)
+        if getattr(args, "sync_bn", False) and self.dist.enabled:
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=(args.beta1, args.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=(args.beta1, args.beta2))
         self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, args.lr_decay_step, args.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, args.lr_decay_step, args.lr_decay)
         self.d_loss_fn, self.g_loss_fn = LOSSES[args.adv_loss]
+        self.accum = getattr(args, "accum", 1)
         self.step = 0
+        self.epoch, self.batch_in_epoch = 0, 0  # data position: batches of this process consumed in the epoch
+        self.last_saved: Path | None = None
+        self.stop_signal: str | None = None
+        self.bad_warned: str | None = None
         self.run = self.run_folders(args)
         # Fixed noise for sample grids: one row per class when conditional (at most 16 evenly spaced classes).
         g = torch.Generator().manual_seed(args.seed + 1)
@@ -238,13 +308,39 @@ class Trainer:
         set_attention_backend(self.D, "math" if args.adv_loss == "wgan-gp" else getattr(args, "attn_backend", "sdpa"))
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
+        self.ema = EMA(self.G, args.ema_decay, args.ema_start) if getattr(args, "ema", False) else None
+        # g_train/d_train: the modules the G and D updates differentiate (DDP-wrapped under torchrun);
+        # d_frozen: D as the G update calls it (never DDP: D's gradients are not wanted there).
         self.g_train, self.d_train = self.G, self.D
-        if args.parallel and self.device.type == "cuda" and torch.cuda.device_count() > 1:
+        self.ddp_g: nn.Module | None = None
+        self.ddp_d: nn.Module | None = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_g, self.ddp_d = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+            self.g_train, self.d_train = self.ddp_g, self.ddp_d
+        elif args.parallel and self.device.type == "cuda" and torch.cuda.device_count() > 1:
             self.g_train, self.d_train = nn.DataParallel(self.G), nn.DataParallel(self.D)
+        self.d_frozen = self.D if self.dist.enabled else self.d_train
         if getattr(args, "compile", False):
             # Only the training-mode calls are compiled; sampling and evaluation use the eager modules
             # (same parameters), so switching to eval mode never triggers a recompile.
             self.g_train, self.d_train = torch.compile(self.g_train), torch.compile(self.d_train)
+            self.d_frozen = torch.compile(self.d_frozen) if self.dist.enabled else self.d_train
+        if self.dist.rank:
+            # Identical models (built from the same seed above), different noise on every process.
+            torch.manual_seed(args.seed + 1_000_003 * self.dist.rank)
+
+    @property
+    def G_eval(self) -> nn.Module:
+        """The generator that samples, attention figures and metrics use: the EMA one when it exists."""
+        return self.ema.model if self.ema is not None else self.G
+
+    @property
+    def global_batch(self) -> int:
+        """Real images per D update, over all processes and micro-batches."""
+        return self.args.batch_size * self.accum * self.dist.world
 
     @staticmethod
     def run_folders(args: Namespace) -> dict[str, Path]:
@@ -266,7 +362,7 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path | None = None) -> tuple[Path, Tensor]:
         """Fixed-noise grid drawn in eval mode (then back to the previous mode); returns (png path, grid)."""
-        imgs = sample(self.G, self.fixed_z, self.fixed_y)
+        imgs = sample(self.G_eval, self.fixed_z, self.fixed_y)
         grid = make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=8, padding=2).clamp(0, 1)
         path = path or self.run["samples"] / f"{self.step}_fake.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -279,13 +375,13 @@ class Trainer:
         import visualize
 
         n = getattr(self.args, "attn_samples", 0)
-        if not n or not visualize.attention_layers(self.G):
+        if not n or not visualize.attention_layers(self.G_eval):
             return []
         per_row = 8
         idx = (torch.arange(n) * per_row) % len(self.fixed_z)
         y = self.fixed_y[idx] if self.fixed_y is not None else None
         points = visualize.parse_points(getattr(self.args, "attn_points", None), self.cfg.imsize)
-        figs = visualize.attention_figures(self.G, self.fixed_z[idx], y, points)
+        figs = visualize.attention_figures(self.G_eval, self.fixed_z[idx], y, points)
         paths = visualize.save_figures(figs, self.run["attn"], str(self.step))
         if writer:
             for k, fig in enumerate(figs):
@@ -294,7 +390,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def state(self) -> dict:
+    def state(self, rng_ranks: list | None = None) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
@@ -302,32 +398,88 @@ class Trainer:
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.args).items()},
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
+            "G_ema": self.ema.model.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            # Position in the data, in images of the epoch over all processes (so that a run can resume
+            # under another number of processes), and this process's exact batch position.
+            "data": {"epoch": self.epoch, "batch": self.batch_in_epoch, "images": self.batch_in_epoch * self.args.batch_size * self.dist.world,
+                     "world": self.dist.world, "batch_size": self.args.batch_size},
             "rng": rng_state(),
+            "rng_ranks": rng_ranks or [],
             "best": dict(self.best),
         }
 
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the models ('G', 'D', 'G_ema') holding a NaN or Inf in a parameter or buffer (one host sync)."""
+        models = {"G": self.G, "D": self.D, **({"G_ema": self.ema.model} if self.ema is not None else {})}
+        flags = torch.stack([torch.stack([torch.isfinite(t).all() for t in m.state_dict().values() if t.is_floating_point()]).all()
+                             for m in models.values()]).tolist()
+        return [name for name, ok in zip(models, flags) if not ok]
+
     def save(self, name: str | None = None) -> Path:
-        """Write `<step>.pt` (or `<name>.pt`) via a temporary file and an atomic rename; a step checkpoint
-        then becomes `latest`."""
+        """Write `<step>.pt` (or `<name>.pt`) on rank 0: a temporary file in the same folder, flushed,
+        fsynced and renamed into place; a step checkpoint then becomes `latest` (same way), and older
+        step checkpoints beyond --keep_last are removed. Step checkpoints are collective under torchrun
+        (every rank calls this; the RNG states of all ranks are gathered); named ones are rank 0 only."""
         folder = self.run["models"]
-        folder.mkdir(parents=True, exist_ok=True)
         stem = name or str(self.step)
         path = folder / f"{stem}.pt"
+        rng_ranks = distributed.gather_objects(self.dist, rng_state()) if name is None else None
+        bad = self.nonfinite_weights()
+        if bad:
+            raise FloatingPointError(f"non-finite weights in {', '.join(bad)} at step {self.step}; not saved. "
+                                     f"{self.resume_hint()}")
+        if not self.dist.is_main:
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{stem}.pt.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(self.state(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(self.state(rng_ranks), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if name is None:
+                pointer_tmp = folder / ".latest.tmp"
+                with open(pointer_tmp, "w") as f:
+                    f.write(path.name + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(pointer_tmp, folder / "latest")
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the renames themselves survive a power cut
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            (folder / ".latest.tmp").unlink(missing_ok=True)
+            why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+            kept = f"the previous checkpoint {self.last_saved} is kept" if self.last_saved else "no earlier checkpoint exists"
+            raise CheckpointError(f"could not write {path}: {why}; {kept}; free space and resume with --pretrained_model latest") from e
         if name is None:
-            pointer_tmp = folder / ".latest.tmp"
-            pointer_tmp.write_text(path.name + "\n")
-            os.replace(pointer_tmp, folder / "latest")
+            self.last_saved = path
+            self.prune()
         return path
+
+    def prune(self) -> None:
+        """Remove step checkpoints beyond the newest --keep_last (0 keeps all); best_* are never removed."""
+        keep = getattr(self.args, "keep_last", 0)
+        if not keep:
+            return
+        steps = sorted(int(p.stem) for p in self.run["models"].glob("*.pt") if p.stem.isdigit())
+        for s in steps[:-keep]:
+            (self.run["models"] / f"{s}.pt").unlink(missing_ok=True)
+
+    def resume_hint(self) -> str:
+        if self.last_saved is None:
+            return "No checkpoint was written yet; lower --d_lr/--g_lr (or use --amp off) and start again."
+        return (f"The last good checkpoint is {self.last_saved}; resume from it with --pretrained_model {self.last_saved.stem} "
+                f"and a lower --d_lr/--g_lr, --amp off, or another --seed.")
 
     def load(self, which: str, restore_training: bool = True) -> Path:
         path = checkpoint_path(self.run["models"], which)
@@ -336,27 +488,48 @@ class Trainer:
         self.G.load_state_dict(ckpt["G"])
         self.D.load_state_dict(ckpt["D"])
         self.step = int(ckpt["step"])
+        if ckpt.get("G_ema") is not None and (self.ema is not None or not restore_training):
+            if self.ema is None:  # sampling or scoring: use the saved EMA generator
+                saved = ckpt.get("args", {})
+                self.ema = EMA(self.G, saved.get("ema_decay", 0.9999), saved.get("ema_start", 0))
+            self.ema.model.load_state_dict(ckpt["G_ema"])
+        elif self.ema is not None:
+            self.ema.model.load_state_dict(self.G.state_dict())  # --ema added on resume: start from G
         if restore_training:
             self.opt_g.load_state_dict(ckpt["opt_g"])
             self.opt_d.load_state_dict(ckpt["opt_d"])
             self.sched_g.load_state_dict(ckpt["sched_g"])
             self.sched_d.load_state_dict(ckpt["sched_d"])
-            set_rng_state(ckpt["rng"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            data = ckpt.get("data", {})
+            self.epoch = int(data.get("epoch", 0))
+            same = data.get("world") == self.dist.world and data.get("batch_size") == self.args.batch_size
+            self.batch_in_epoch = int(data.get("batch", 0)) if same else int(data.get("images", 0)) // (self.args.batch_size * self.dist.world)
+            ranks = ckpt.get("rng_ranks") or []
+            if len(ranks) == self.dist.world:
+                set_rng_state(ranks[self.dist.rank])
+            elif self.dist.is_main:
+                set_rng_state(ckpt["rng"])
+            else:
+                torch.manual_seed(self.args.seed + 1_000_003 * self.dist.rank + self.step)
             self.best.update(ckpt.get("best", {}))
+            self.last_saved = path if path.stem.isdigit() else None
         return path
 
     # -- evaluation ------------------------------------------------------------------------------
 
     def evaluate(self, writer: "SummaryWriter | None" = None) -> dict:
-        """Score G with the evaluator, append to metrics.jsonl, log to TensorBoard, keep best_fid/best_is."""
+        """Score G (the EMA one with --ema) with the evaluator, append to metrics.jsonl, log to
+        TensorBoard, keep best_fid/best_is. Rank 0 only."""
         from metrics import append_jsonl, tensorboard_scalars
 
         t0 = time.perf_counter()
         n = self.args.eval_samples or DEFAULT_EVAL_SAMPLES
-        result = self.evaluator(self.G, n, source=f"{self.args.version} step {self.step}")
+        result = self.evaluator(self.G_eval, n, source=f"{self.args.version} step {self.step}")
         m = result["metrics"]
         scalars = tensorboard_scalars(m)
-        record = {"step": self.step, "kimg": self.step * self.args.batch_size * self.args.n_dis / 1000,
+        record = {"step": self.step, "kimg": self.step * self.global_batch * self.args.n_dis / 1000,
                   "seconds": round(time.perf_counter() - t0, 3), **m}
         append_jsonl(self.run["models"] / "metrics.jsonl", record)
         if writer:
@@ -372,123 +545,226 @@ class Trainer:
                        + [f"({record['seconds']:.0f} s)"]), flush=True)
         return record
 
+    def truncate_metrics(self) -> None:
+        """On resume: drop metrics.jsonl records after the resumed step, so that no step appears twice."""
+        path = self.run["models"] / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        if len(keep) != len(lines):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, path)
+
     # -- training --------------------------------------------------------------------------------
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Endless (x, y) on the device, starting at the saved data position; counts what is consumed."""
+        sampler = self.loader.batch_sampler
         while True:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch, self.batch_in_epoch)
             for x, y in self.loader:
+                self.batch_in_epoch += 1
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def autocast(self) -> torch.autocast:
         """Mixed precision for the forward passes (--amp); a no-op context when off."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def d_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        a = self.args
-        if a.flip:
-            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-            x = torch.where(flip, x.flip(3), x)
-        x = x.contiguous(memory_format=self.memory_format)
-        y_real = y if self.cfg.num_classes else None
-        spectral.power_iteration(self.D)  # fp32, outside autocast
+    @staticmethod
+    def micro_batches(k: int, ddp: nn.Module | None) -> Iterator[tuple[int, contextlib.AbstractContextManager]]:
+        """(index, context) for K micro-batches: under DDP, gradients are all-reduced on the last only."""
+        for i in range(k):
+            yield i, (ddp.no_sync() if ddp is not None and i < k - 1 else contextlib.nullcontext())
+
+    def fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """n detached fakes and their labels, for a D update."""
         with torch.no_grad(), self.autocast():
-            y_fake = self.sample_labels(x.shape[0])
-            fake = self.g_train(torch.randn(x.shape[0], self.cfg.z_dim, device=self.device), y_fake)
-        with self.autocast():
-            d_real = self.d_train(x, y_real).float()
-            d_fake = self.d_train(fake, y_fake).float()
-        loss = self.d_loss_fn(d_real, d_fake)
-        out = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
-        if a.adv_loss == "wgan-gp":
-            gp = gradient_penalty(self.d_train, x, fake.float(), y_real)  # in fp32
-            loss = loss + a.lambda_gp * gp
-            out["loss/gp"] = gp
+            y_fake = self.sample_labels(n)
+            return self.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
+
+    def d_backward(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """Accumulate D's gradients over the micro-batches `reals` (each loss divided by their number)."""
+        a, k = self.args, len(reals)
+        out: dict[str, Tensor] = {}
+        for i, ctx in self.micro_batches(k, self.ddp_d):
+            x, y = reals[i]
+            if a.flip:
+                flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+                x = torch.where(flip, x.flip(3), x)
+            x = x.contiguous(memory_format=self.memory_format)
+            y_real = y if self.cfg.num_classes else None
+            fake, y_fake = self.fakes(x.shape[0])
+            with ctx:
+                with self.autocast():
+                    d_real = self.d_train(x, y_real).float()
+                    d_fake = self.d_train(fake, y_fake).float()
+                loss = self.d_loss_fn(d_real, d_fake)
+                parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
+                if a.adv_loss == "wgan-gp":
+                    gp = gradient_penalty(self.d_frozen, x, fake.float(), y_real)  # in fp32
+                    loss = loss + a.lambda_gp * gp
+                    parts["loss/gp"] = gp
+                self.scaler.scale(loss / k).backward()
+            for name, v in parts.items():
+                out[name] = out.get(name, 0) + v.detach() / k
+        return out
+
+    def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """One D update from --accum micro-batches of real images."""
+        spectral.power_iteration(self.D)  # fp32, outside autocast
         self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        out = self.d_backward(reals)
         self.scaler.step(self.opt_d)
         self.scaler.update()
         return out
 
-    def g_step(self) -> dict[str, Tensor]:
+    def g_backward(self, k: int) -> dict[str, Tensor]:
+        """Accumulate G's gradients over k micro-batches of --batch_size fakes."""
         b = self.args.batch_size
+        total = torch.zeros((), device=self.device)
+        for _, ctx in self.micro_batches(k, self.ddp_g):
+            y_fake = self.sample_labels(b)
+            with ctx:
+                with self.autocast():
+                    fake = self.g_train(torch.randn(b, self.cfg.z_dim, device=self.device), y_fake)
+                    loss = self.g_loss_fn(self.d_frozen(fake, y_fake).float())
+                self.scaler.scale(loss / k).backward()
+            total = total + loss.detach() / k
+        return {"loss/g": total}
+
+    def g_step(self) -> dict[str, Tensor]:
+        """One G update from --accum micro-batches (D frozen), then the EMA update."""
         spectral.power_iteration(self.G)
         self.D.requires_grad_(False)
-        y_fake = self.sample_labels(b)
-        with self.autocast():
-            fake = self.g_train(torch.randn(b, self.cfg.z_dim, device=self.device), y_fake)
-            loss = self.g_loss_fn(self.d_train(fake, y_fake).float())
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        out = self.g_backward(self.accum)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.D.requires_grad_(True)
-        return {"loss/g": loss}
+        if self.ema is not None:
+            self.ema.update(self.step + 1)
+        return out
+
+    def iteration(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """n_dis D updates and one G update; advances the step and the LR schedules."""
+        for _ in range(self.args.n_dis):
+            logs = self.d_step([next(batches) for _ in range(self.accum)])
+        logs.update(self.g_step())
+        self.sched_g.step()
+        self.sched_d.step()
+        self.step += 1
+        return logs
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT set a flag that the loop acts on after the current step (a second SIGINT
+        interrupts at once). The previous handlers come back afterwards."""
+        def handler(signum: int, frame: object) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        old = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no handlers
+            pass
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def log_line(self, logs: dict[str, Tensor], ips: float, writer: "SummaryWriter | None") -> tuple[str, dict[str, float]]:
+        a = self.args
+        vals = {k: v.item() for k, v in logs.items()}  # the only host sync of the step
+        gam = {f"gamma/G.{k}": v for k, v in attention_gammas(self.G).items()}
+        gam.update({f"gamma/D.{k}": v for k, v in attention_gammas(self.D).items()})
+        lrs = {"lr/g": self.opt_g.param_groups[0]["lr"], "lr/d": self.opt_d.param_groups[0]["lr"]}
+        if writer:
+            for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
+                writer.add_scalar(k, v, self.step)
+        eta = (a.total_step - self.step) * self.global_batch * a.n_dis / max(ips, 1e-9)
+        gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
+        line = (f"step {self.step}/{a.total_step} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f} "
+                f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {ips:.1f} img/s eta {eta / 60:.1f} min")
+        return line, vals
 
     def train(self) -> None:
         from tqdm import tqdm
 
         a = self.args
-        for p in self.run.values():
-            p.mkdir(parents=True, exist_ok=True)
-        options = {"args": vars(a), "model_config": self.cfg.to_dict(), "device": str(self.device),
-                   "torch": torch.__version__, "G_params": sum(p.numel() for p in self.G.parameters()),
-                   "D_params": sum(p.numel() for p in self.D.parameters())}
-        write_json_atomic(self.run["models"] / "training_options.json", options)
+        main = self.dist.is_main
         writer = None
-        if a.use_tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if main:
+            for p in self.run.values():
+                p.mkdir(parents=True, exist_ok=True)
+            options = {"args": vars(a), "model_config": self.cfg.to_dict(), "device": str(self.device),
+                       "world_size": self.dist.world, "global_batch": self.global_batch,
+                       "torch": torch.__version__, "G_params": sum(p.numel() for p in self.G.parameters()),
+                       "D_params": sum(p.numel() for p in self.D.parameters())}
+            write_json_atomic(self.run["models"] / "training_options.json", options)
+            self.truncate_metrics()
+            if a.use_tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run["logs"]), purge_step=self.step + 1 if self.step else None)
+                writer = SummaryWriter(str(self.run["logs"]), purge_step=self.step + 1 if self.step else None)
         self.G.train()
         self.D.train()
         batches = self.batches()
-        interactive = sys.stderr.isatty()
+        interactive = sys.stderr.isatty() and main
         bar = tqdm(total=a.total_step, initial=self.step, disable=not interactive, dynamic_ncols=True)
         t_last, step_last = time.perf_counter(), self.step
-        last_saved = self.step
-        while self.step < a.total_step:
-            for _ in range(a.n_dis):
-                logs = self.d_step(*next(batches))
-            logs.update(self.g_step())
-            self.sched_g.step()
-            self.sched_d.step()
-            self.step += 1
-            bar.update(1)
-            if self.step % a.log_step == 0 or self.step == a.total_step:
-                now = time.perf_counter()
-                ips = (self.step - step_last) * a.batch_size * a.n_dis / max(now - t_last, 1e-9)
-                t_last, step_last = now, self.step
-                vals = {k: v.item() for k, v in logs.items()}  # the only host sync of the step
-                gam = {f"gamma/G.{k}": v for k, v in attention_gammas(self.G).items()}
-                gam.update({f"gamma/D.{k}": v for k, v in attention_gammas(self.D).items()})
-                lrs = {"lr/g": self.opt_g.param_groups[0]["lr"], "lr/d": self.opt_d.param_groups[0]["lr"]}
-                if writer:
-                    for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
-                        writer.add_scalar(k, v, self.step)
-                eta = (a.total_step - self.step) * a.batch_size * a.n_dis / max(ips, 1e-9)
-                gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-                line = (f"step {self.step}/{a.total_step} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f} "
-                        f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {ips:.1f} img/s eta {eta / 60:.1f} min")
-                if interactive:
-                    bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
+        last_step_saved = self.step
+        with self.stop_on_signals():
+            while self.step < a.total_step:
+                logs = self.iteration(batches)
+                bar.update(1)
+                at_log = self.step % a.log_step == 0 or self.step == a.total_step
+                if at_log:
+                    now = time.perf_counter()
+                    ips = (self.step - step_last) * self.global_batch * a.n_dis / max(now - t_last, 1e-9)
+                    t_last, step_last = now, self.step
+                    line, vals = self.log_line(logs, ips, writer if main else None)
+                    if main:
+                        if interactive:
+                            bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
+                        else:
+                            print(line, flush=True)
+                        warning = check_bad_files(self.loader.dataset) if self.loader is not None else None
+                        if warning and warning != self.bad_warned:
+                            print(f"warning: {warning}", file=sys.stderr, flush=True)
+                            self.bad_warned = warning
+                    finite = all(np.isfinite(v) for v in vals.values()) and not self.nonfinite_weights()
+                    stop, diverged = distributed.any_rank(self.dist, [self.stop_signal is not None, not finite], self.device)
+                    if diverged:
+                        raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {self.resume_hint()}")
+                elif not self.dist.enabled:
+                    stop = self.stop_signal is not None  # one process: act on a signal after any step
                 else:
-                    print(line, flush=True)
-                if not all(np.isfinite(v) for v in vals.values()):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.step} ({line}); resume from the last checkpoint "
-                        f"with a lower --d_lr/--g_lr")
-            if self.step % a.sample_step == 0 or self.step == a.total_step:
-                _, grid = self.sample_grid()
-                if writer:
-                    writer.add_image("samples", grid, self.step)
-                self.attention_snapshot(writer)
-            if self.evaluator is not None and a.eval_step and (self.step % a.eval_step == 0 or self.step == a.total_step):
-                self.evaluate(writer)
-            if self.step % a.model_save_step == 0 or self.step == a.total_step:
-                self.save()
-                last_saved = self.step
+                    stop = False  # under torchrun, ranks agree on stopping at the next log step
+                if main and (self.step % a.sample_step == 0 or self.step == a.total_step):
+                    _, grid = self.sample_grid()
+                    if writer:
+                        writer.add_image("samples", grid, self.step)
+                    self.attention_snapshot(writer)
+                if main and self.evaluator is not None and a.eval_step and (self.step % a.eval_step == 0 or self.step == a.total_step):
+                    self.evaluate(writer)
+                if stop or self.step % a.model_save_step == 0 or self.step == a.total_step:
+                    self.save()
+                    last_step_saved = self.step
+                if stop:
+                    bar.close()
+                    if writer:
+                        writer.close()
+                    raise Preempted(f"received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
+                                    f"saved {self.last_saved}; resume with --pretrained_model latest")
         bar.close()
         if writer:
             writer.close()
-        if last_saved != self.step:
+        if last_step_saved != self.step:
             self.save()

@@ -11,6 +11,7 @@ step is batch_size x accum x WORLD_SIZE, printed at start. Rank 0 alone writes f
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -100,12 +101,15 @@ def shutdown() -> None:
 
 
 def gather_objects(env: DistEnv, obj: object) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] for one process."""
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] for one process. Objects travel as
+    torch.save bytes and are read back with weights_only=True (tensors and plain data only)."""
     if not env.enabled:
         return [obj]
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     out: list = [None] * env.world
-    dist.all_gather_object(out, obj)
-    return out
+    dist.all_gather_object(out, buf.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
 def any_rank(env: DistEnv, flags: list[bool], device: torch.device) -> list[bool]:

@@ -232,10 +232,12 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load {path}: it holds Python objects that only arbitrary code could rebuild "
-            f"({str(e).splitlines()[0][:120]}), and checkpoints are loaded with weights_only=True; "
-            f"use a checkpoint written by this code") from e
+        globals_ = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln]
+        if globals_:
+            raise CheckpointError(
+                f"refused to load {path}: it needs arbitrary code to unpickle ({globals_[0]}), and checkpoints are "
+                f"loaded with weights_only=True; use a checkpoint written by this code") from e
+        raise CheckpointError(f"cannot load {path}: it is damaged or not a checkpoint; pick another with --pretrained_model STEP") from e
     except Exception as e:  # noqa: BLE001 - any other failure (truncated, not a torch file) gets one line
         raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}; it is damaged or not a checkpoint, "
                               f"pick another with --pretrained_model STEP") from e

@@ -1,0 +1,267 @@
+"""Reliability (issue 8): exact resume, kills at random moments, SIGTERM, divergence, bad input, safe loading."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trainer as trainer_module
+from data_loader import build_dataset, open_rgb
+from main import main
+from parameter import get_parameters
+from trainer import CheckpointError, Trainer, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+# 32 images in batches of 8: 4 batches per epoch, so the runs below cross epoch boundaries.
+BASE = shlex.split("--dataset shapes --max_images 32 --imsize 32 --g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 8 "
+                   "--num_workers 0 --device cpu --log_step 1 --sample_step 100 --attn_samples 0 --use_tensorboard false --seed 5")
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    out = {}
+
+    def walk(prefix: str, obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
+        walk(key, ckpt.get(key))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", ["", "--ema true --ema_start 2 --ema_decay 0.9 --amp bf16 --flip true --n_dis 2"])
+def test_resume_is_bit_identical(workdir: Path, extra: str, capsys: pytest.CaptureFixture) -> None:
+    argv = BASE + shlex.split(extra)
+    assert main(argv + ["--version", "full", "--total_step", "6", "--model_save_step", "6"]) == 0
+    assert main(argv + ["--version", "half", "--total_step", "3", "--model_save_step", "3"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--version", "half", "--total_step", "6", "--model_save_step", "6", "--pretrained_model", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "step 4/6" in out and "step 3/6" not in out  # the log continues without repeating a step
+    full = load_checkpoint(workdir / "models/full/6.pt")
+    half = load_checkpoint(workdir / "models/half/6.pt")
+    a, b = _flat_state(full), _flat_state(half)
+    assert a.keys() == b.keys() and len(a) > 50
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    assert full["data"] == half["data"] and full["data"]["epoch"] >= 1
+    if "--ema" in extra:
+        assert full["G_ema"] is not None
+
+
+def _train_cmd(version: str, extra: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), *BASE, "--version", version, "--total_step", "100000", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = random.Random(2026)
+    folder = workdir / "models/k"
+    resumed_from = []
+    for attempt in range(5):
+        extra = ["--model_save_step", "1", "--keep_last", "2"] + (["--pretrained_model", "latest"] if attempt else [])
+        proc = subprocess.Popen(_train_cmd("k", extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        before = (folder / "latest").read_text() if (folder / "latest").exists() else None
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # wait for a new checkpoint, then kill at a random moment
+            if (folder / "latest").exists() and (folder / "latest").read_text() != before:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.kill()
+        proc.wait()
+        ckpt = load_checkpoint(folder / (folder / "latest").read_text().strip())
+        resumed_from.append(ckpt["step"])
+        assert len(list(folder.glob("[0-9]*.pt"))) <= 2  # --keep_last 2
+    assert resumed_from == sorted(resumed_from) and resumed_from[-1] > resumed_from[0]
+    step = resumed_from[-1]
+    assert main(BASE + ["--version", "k", "--total_step", str(step + 1), "--pretrained_model", "latest"]) == 0
+    assert f"at step {step}" in capsys.readouterr().out
+    assert load_checkpoint(folder / "latest".replace("latest", f"{step + 1}.pt"))["step"] == step + 1
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_3(workdir: Path) -> None:
+    proc = subprocess.Popen(_train_cmd("t", ["--model_save_step", "1000"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert err.strip().startswith("stopped: received SIGTERM at step ") and "resume with --pretrained_model latest" in err
+    step = int(err.split("at step ")[1].split(":")[0])
+    assert step >= 3 and load_checkpoint(workdir / f"models/t/{step}.pt")["step"] == step
+    assert (workdir / "models/t/latest").read_text().strip() == f"{step}.pt"
+
+
+def test_nan_in_discriminator_stops_training_without_a_nan_checkpoint(workdir: Path) -> None:
+    args = get_parameters(BASE + ["--version", "nan", "--total_step", "2", "--model_save_step", "1"])
+    from data_loader import get_loader
+
+    dataset, _ = build_dataset(args)
+    t = Trainer(args, trainer_module.model_config(args, 4), get_loader(args, dataset, torch.device("cpu")))
+    t.train()
+    with torch.no_grad():
+        next(t.D.parameters()).view(-1)[0] = float("nan")
+    t.args.total_step = 5
+    with pytest.raises(FloatingPointError) as e:
+        t.train()
+    msg = str(e.value)
+    assert "non-finite loss or weights at step 3" in msg and "models/nan/2.pt" in msg and "--pretrained_model 2" in msg
+    with pytest.raises(FloatingPointError, match="non-finite weights in (G, )?D at step 3; not saved"):
+        t.save()
+    saved = sorted(p.name for p in (workdir / "models/nan").glob("*.pt"))
+    assert saved == ["1.pt", "2.pt"]
+    for name in saved:
+        assert all(torch.isfinite(v).all() for v in load_checkpoint(workdir / "models/nan" / name)["D"].values() if v.is_floating_point())
+
+
+def test_full_disk_keeps_the_previous_checkpoint(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_fail(obj: object, f: object) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            f.write(b"partial")  # type: ignore[attr-defined]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(trainer_module.torch, "save", save_then_fail)
+    assert main(BASE + ["--version", "disk", "--total_step", "4", "--model_save_step", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: could not write models/disk/4.pt: the disk is full; the previous checkpoint models/disk/2.pt is kept")
+    monkeypatch.setattr(trainer_module.torch, "save", real_save)
+    folder = workdir / "models/disk"
+    assert sorted(p.name for p in folder.iterdir()) == ["2.pt", "latest", "training_options.json"]  # no temporary file left
+    assert load_checkpoint(folder / "2.pt")["step"] == 2 and (folder / "latest").read_text().strip() == "2.pt"
+
+
+def test_keep_last_never_removes_best(workdir: Path) -> None:
+    args = get_parameters(BASE + ["--version", "keep", "--keep_last", "2"])
+    t = Trainer(args, trainer_module.model_config(args, 4))
+    for step in range(1, 6):
+        t.step = step
+        t.save()
+        if step == 2:
+            t.save("best_fid")
+    names = sorted(p.name for p in (workdir / "models/keep").glob("*.pt"))
+    assert names == ["4.pt", "5.pt", "best_fid.pt"]
+
+
+def test_malicious_checkpoint_is_refused(workdir: Path) -> None:
+    marker = workdir / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    folder = workdir / "models/evil"
+    folder.mkdir(parents=True)
+    torch.save({"format": 1, "payload": Evil()}, folder / "1.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(folder / "1.pt")
+    assert "refused to load" in str(e.value) and "weights_only=True" in str(e.value)
+    assert not marker.exists()
+    (folder / "2.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="damaged or not a checkpoint"):
+        load_checkpoint(folder / "2.pt")
+
+
+# -- bad images ---------------------------------------------------------------------------------
+
+
+def _folder(root: Path, good: int, bad: dict[str, bytes]) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(good):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def _truncated_jpeg() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()[:200]
+
+
+def test_unreadable_images_are_skipped_with_a_count(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _folder(workdir / "imgs", 200, {"zz_truncated.jpg": _truncated_jpeg()})
+    argv = BASE + ["--dataset", "folder", "--data_dir", str(data), "--max_images", "0", "--batch_size", "67",
+                   "--version", "bad", "--total_step", "3", "--model_save_step", "3", "--g_attn", "none", "--d_attn", "none"]
+    assert main(argv) == 0  # 3 steps x 67 images read every image once
+    err = capsys.readouterr().err
+    assert "warning: 1 of 201 images could not be decoded and were skipped (e.g." in err and "zz_truncated.jpg" in err
+
+
+def test_too_many_unreadable_images_stop_training(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _folder(workdir / "imgs", 18, {"a_not_an_image.png": b"hello", "b_truncated.jpg": _truncated_jpeg()})
+    argv = BASE + ["--dataset", "folder", "--data_dir", str(data), "--max_images", "0", "--batch_size", "10",
+                   "--version", "bad", "--total_step", "4", "--g_attn", "none", "--d_attn", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 2 of 20 images could not be decoded") and "more than 1% of the dataset" in err[0]
+
+
+def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
+    gray16 = np.full((4, 4), 65535 // 2, np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:2, ..., 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((4, 4), 77, np.uint8), "L").save(tmp_path / "gray.png")
+    Image.fromarray(np.full((4, 4, 3), 30, np.uint8)).convert("P").save(tmp_path / "pal.png")
+    g16 = np.asarray(open_rgb(tmp_path / "g16.png"))
+    assert g16.shape == (4, 4, 3) and abs(int(g16[0, 0, 0]) - 127) <= 1
+    a = np.asarray(open_rgb(tmp_path / "rgba.png"))
+    assert a[0, 0].tolist() == [255, 0, 0] and a[3, 0].tolist() == [255, 255, 255]
+    assert np.asarray(open_rgb(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
+    assert np.asarray(open_rgb(tmp_path / "pal.png")).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--imsize", "48"], "invalid choice: 48"),
+        (["--imsize", "32", "--d_attn", "3"], "discriminator attention at 3x3 is impossible"),
+        (["--imsize", "32", "--g_attn", "8", "--span", "9"], "span"),
+        (["--batch_size", "64"], "--batch_size 64 is larger than the dataset (32 images)"),
+    ],
+)
+def test_impossible_settings_are_one_line(workdir: Path, argv: list[str], needle: str) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), *BASE, "--total_step", "1", *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert needle in lines[-1] and "Traceback" not in r.stderr, r.stderr

@@ -155,6 +155,11 @@ def train(args: Namespace) -> int:
     env = distributed.launch_env()
     device = distributed.device_for(env, args.device)
     say = print if env.is_main else (lambda *a, **k: None)
+    if args.global_batch and env.world > 1:  # a preset's global batch, split over the processes
+        if args.global_batch % (env.world * args.accum):
+            raise ValueError(f"--preset {args.preset}: global batch {args.global_batch} is not divisible by {env.world} processes "
+                             f"x --accum {args.accum}; pass --batch_size explicitly")
+        args.batch_size = args.global_batch // (env.world * args.accum)
     dataset, classes = build_dataset(args)
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(args, dataset, device, env.rank, env.world)

@@ -84,11 +84,47 @@ def positive_step(v: str) -> int:
     return int(f)
 
 
+# Named presets: flag values of published runs (sources in ../shared/reference/sagan-reference.md,
+# section (b), and the README's "Reproducing the papers"). `global_batch` is the batch per optimizer
+# step over all processes; unless --batch_size is given, batch_size = global_batch / (processes x accum).
+_MM_CIFAR = dict(dataset="cifar10", imsize=32, arch="resnet", num_classes=-1, global_batch=64, g_lr=2e-4, d_lr=2e-4,
+                 beta1=0.5, beta2=0.999, n_dis=5, total_step=100_000, flip=True, init="ortho", cbn_sn=True, bn_eps=1e-4)
+_IMAGENET = dict(dataset="imagenet", imsize=128, arch="resnet", num_classes=-1, global_batch=256, g_lr=1e-4, d_lr=4e-4,
+                 beta1=0.0, beta2=0.999, n_dis=1, total_step=1_000_000, init="xavier", flip=False)
+_PORT_64 = dict(imsize=64, arch="dcgan", attn_variant="paper", g_attn=(16, 32), d_attn=(8, 4), num_classes=0, adv_loss="hinge",
+                global_batch=64, g_lr=1e-4, d_lr=4e-4, beta1=0.0, beta2=0.9, n_dis=1, total_step=100_000, init="pytorch")
+PRESETS: dict[str, dict] = {
+    # MMGeneration configs/sagan, configs/sngan_proj (CIFAR-10, 64x1, 500k MM iterations = 100k G steps)
+    "sagan_cifar10_32": {**_MM_CIFAR, "g_attn": (16,), "d_attn": (16,)},
+    "sngan_proj_cifar10_32": {**_MM_CIFAR, "g_attn": (), "d_attn": (), "g_sn": False},
+    # The SAGAN paper (Table 2, feat64) and MMGeneration's ImageNet run; the official script's feat32
+    "sagan_imagenet_128": {**_IMAGENET, "g_attn": (64,), "d_attn": (64,)},
+    "sagan_imagenet_128_feat32": {**_IMAGENET, "g_attn": (32,), "d_attn": (32,)},
+    # MMGeneration's BigGAN-schedule run (32x8, EMA 0.999 from 2000, Xavier, no augmentation, SN eps 1e-8)
+    "sagan_imagenet_128_biggan": {**_IMAGENET, "g_attn": (64,), "d_attn": (64,), "ema": True, "ema_decay": 0.999,
+                                  "ema_start": 2000, "sn_eps": 1e-8, "bn_eps": 1e-5},
+    # MMGeneration's ImageNet SNGAN-projection (128x2, lr G 2e-4 / D 5e-5 as configured, 5 D steps, 500k G steps)
+    "sngan_proj_imagenet_128": {**_IMAGENET, "g_attn": (), "d_attn": (), "g_sn": False, "g_lr": 2e-4, "d_lr": 5e-5,
+                                "n_dis": 5, "total_step": 500_000, "init": "ortho", "flip": True, "cbn_sn": True, "bn_eps": 1e-4},
+    # heykeetae's CelebA and LSUN church runs (its model and optimiser; the non-local fork's FIDs are at 100k steps)
+    "sagan_celeb_64": {**_PORT_64, "dataset": "celeb"},
+    "sagan_lsun_64": {**_PORT_64, "dataset": "lsun", "lsun_category": "church_outdoor"},
+    # The non-local fork's span-3 run. Its span also applies to D's 4x4 map, where it masks every key of
+    # every query (the fork then silently averages uniformly); we refuse that layer, so D attends at 8 only.
+    "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
+    # The README's first line
+    "demo": dict(dataset="shapes", imsize=32, g_conv_dim=8, d_conv_dim=16, global_batch=16, num_workers=0, version="shapes_demo",
+                 total_step=3600, sample_step=600),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train or sample SAGAN (Zhang et al., ICML 2019).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--preset", type=str, default=None, choices=sorted(PRESETS),
+                   help="a published run's settings (see README, 'Reproducing the papers'); explicit flags override it")
     a = p.add_argument_group("model")
     a.add_argument("--model", type=str, default="sagan", choices=["sagan"])
     a.add_argument("--arch", type=str, default="resnet", choices=ARCHS)
@@ -107,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--g_sn", type=str2bool, default=True, help="spectral norm on G (D always has it)")
     a.add_argument("--cbn_sn", type=str2bool, default=False, help="spectral norm on G's conditional-BN tables (StudioGAN)")
     a.add_argument("--init", type=str, default="xavier", choices=INITS)
+    a.add_argument("--bn_eps", type=float, default=1e-5, help="batch-norm eps in G (official/BigGAN 1e-5; StudioGAN/MMGeneration 1e-4)")
+    a.add_argument("--sn_eps", type=float, default=1e-12, help="spectral-norm eps")
+    a.add_argument("--d_relu_shortcut", type=str2bool, default=False,
+                   help="D's block shortcut receives relu(x) (StudioGAN's in-place ReLU; MMGeneration's 'inplace ReLU' rows)")
 
     t = p.add_argument_group("training")
     t.add_argument("--adv_loss", type=str, default="hinge", choices=LOSSES)
@@ -190,8 +230,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_UNSET = object()
+
+
+def explicit_flags(argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the flags given on the command line (not defaults, not preset values)."""
+    p = build_parser()
+    p.set_defaults(**{a.dest: _UNSET for a in p._actions if a.dest != "help"})
+    return {k for k, v in vars(p.parse_args(argv)).items() if v is not _UNSET}
+
+
 def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    """Parse flags; with --preset, its values replace the defaults (explicit flags still win). The
+    preset's global batch is kept as `args.global_batch` (None without a preset) and `args.version`
+    defaults to the preset's name."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    args.global_batch = None
+    if args.preset:
+        preset = dict(PRESETS[args.preset])
+        args.global_batch = preset.pop("global_batch", None)
+        preset.setdefault("version", args.preset)
+        p.set_defaults(**preset)
+        args = p.parse_args(argv)
+        explicit = explicit_flags(argv)
+        args.global_batch = None if "batch_size" in explicit else PRESETS[args.preset].get("global_batch")
+        if args.global_batch:
+            per = args.global_batch // args.accum
+            if per * args.accum != args.global_batch:
+                p.error(f"--preset {args.preset} has a global batch of {args.global_batch}, which --accum {args.accum} does not divide")
+            args.batch_size = per  # per process in one process; main.py divides again under torchrun
     if args.dataset == "cifar":
         args.dataset = "cifar10"
     return args

@@ -128,6 +128,7 @@ class ModelConfig:
     sn_eps: float = 1e-12
     bn_eps: float = 1e-5
     init: str = "xavier"
+    d_relu_shortcut: bool = False  # MMGeneration's "inplace ReLU" rows: D's shortcut receives relu(x)
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -376,9 +377,9 @@ class DBlock(nn.Module):
     optimized block pools before its conv1.
     """
 
-    def __init__(self, cin: int, cout: int, down: bool, first: bool, eps: float) -> None:
+    def __init__(self, cin: int, cout: int, down: bool, first: bool, eps: float, relu_shortcut: bool = False) -> None:
         super().__init__()
-        self.down, self.first = down, first
+        self.down, self.first, self.relu_shortcut = down, first, relu_shortcut
         self.conv1 = conv(cin, cout, 3, True, eps)
         self.conv2 = conv(cout, cout, 3, True, eps)
         self.shortcut = conv(cin, cout, 1, True, eps) if (first or down or cin != cout) else None
@@ -390,7 +391,7 @@ class DBlock(nn.Module):
             h = F.avg_pool2d(h, 2)
         if self.first:
             return h + self.shortcut(F.avg_pool2d(x, 2))
-        s = x
+        s = F.relu(x) if self.relu_shortcut else x  # relu_shortcut: StudioGAN's in-place ReLU (MMGeneration's "wReLUinplace")
         if self.shortcut is not None:
             s = self.shortcut(s)
             if self.down:
@@ -547,7 +548,7 @@ class Discriminator(nn.Module):
         if cfg.arch == "resnet":
             for i, (mult, down) in enumerate(RESNET_D[cfg.imsize]):
                 cout = mult * cfg.d_conv_dim
-                self.blocks.append(DBlock(cin, cout, down, i == 0, eps))
+                self.blocks.append(DBlock(cin, cout, down, i == 0, eps, cfg.d_relu_shortcut))
                 res //= 2 if down else 1
                 add_attn(res, cout)
                 cin = cout

@@ -118,7 +118,8 @@ def model_config(args: Namespace, num_classes: int) -> ModelConfig:
     return ModelConfig(
         imsize=args.imsize, arch=args.arch, z_dim=args.z_dim, g_conv_dim=args.g_conv_dim, d_conv_dim=args.d_conv_dim,
         num_classes=num_classes, g_attn=args.g_attn, d_attn=args.d_attn, attn_variant=args.attn_variant, span=args.span,
-        g_sn=args.g_sn, cbn_sn=args.cbn_sn, init=args.init,
+        g_sn=args.g_sn, cbn_sn=args.cbn_sn, init=args.init, bn_eps=args.bn_eps, sn_eps=args.sn_eps,
+        d_relu_shortcut=args.d_relu_shortcut,
     ).resolved()
 
 
@@ -247,6 +248,7 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def check_same_model(saved: dict, current: ModelConfig, path: Path) -> None:
+    saved = {**ModelConfig().to_dict(), **saved}  # keys added later take their defaults
     cur = current.to_dict()
     diff = [k for k in sorted(set(saved) | set(cur)) if saved.get(k) != cur.get(k) and not (
         isinstance(saved.get(k), (list, tuple)) and isinstance(cur.get(k), (list, tuple)) and list(saved[k]) == list(cur[k]))]

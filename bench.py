@@ -137,6 +137,24 @@ def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int
             "times": times, "device": str(device)}
 
 
+def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
+    """Expected GPU hours of each preset's full run: FLOPs of one iteration counted at batch 2 (work is
+    linear in the batch, see BENCHMARKS.md), scaled to the preset's global batch and --total_step, divided
+    by an assumed sustained rate. An estimate, not a measurement."""
+    from parameter import PRESETS
+
+    rows = []
+    for name in names:
+        args = get_parameters(["--preset", name])
+        classes = {"shapes": 4, "cifar10": 10, "imagenet": 1000}.get(args.dataset, 0)
+        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], classes)
+        per_iter = flops2 / 2 * PRESETS[name]["global_batch"]
+        total = per_iter * args.total_step
+        rows.append({"preset": name, "gflop_per_iter": per_iter / 1e9, "total_pflop": total / 1e15,
+                     "gpu_hours": total / (rate_tflops * 1e12) / 3600})
+    return rows
+
+
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     if not spec:
         return [("base", [])]
@@ -155,9 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--num_classes_bench", type=int, default=0, help="classes for the benchmarked model (0: unconditional)")
     p.add_argument("--json", type=str, default=None, help="also write the results here")
+    p.add_argument("--gpu_hours", type=float, default=None, metavar="TFLOPS",
+                   help="instead of timing: estimated GPU hours of every preset's full run at this sustained rate")
     own, rest = p.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
+    if own.gpu_hours:
+        from parameter import PRESETS
+
+        print(f"estimated GPU hours at a sustained {own.gpu_hours:g} TFLOP/s (counted FLOPs, not a measured run)")
+        print(f"{'preset':<28} {'GFLOP/iter':>11} {'PFLOP total':>12} {'GPU hours':>10}")
+        for r in preset_hours(own.gpu_hours, sorted(PRESETS)):
+            print(f"{r['preset']:<28} {r['gflop_per_iter']:>11.1f} {r['total_pflop']:>12.1f} {r["gpu_hours"]:>10.2f}")
+        return 0
     base = get_parameters(rest)
     device = resolve_device(base.device)
     variants = parse_compare(own.compare)

@@ -2,6 +2,7 @@
 
 import argparse
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,77 @@ def test_resolution_lists() -> None:
     assert resolutions("16, 32") == (16, 32) and resolutions("none") == () and resolutions("default") is None
     with pytest.raises(argparse.ArgumentTypeError):
         resolutions("sixteen")
+
+
+# -- presets (issue 9) -----------------------------------------------------------------------------
+
+# (preset, G parameters, D parameters) as documented in the README's "Reproducing the papers".
+PRESET_COUNTS = [
+    ("sagan_cifar10_32", 4_386_308, 1_075_586),
+    ("sngan_proj_cifar10_32", 4_304_387, 1_055_105),
+    ("sagan_imagenet_128", 42_017_412, 39_448_258),
+    ("sagan_imagenet_128_feat32", 42_078_852, 39_463_618),
+    ("sagan_imagenet_128_biggan", 42_017_412, 39_448_258),
+    ("sngan_proj_imagenet_128", 41_996_931, 39_443_137),
+    ("sagan_celeb_64", 3_832_885, 3_175_299),
+    ("sagan_lsun_64", 3_832_885, 3_175_299),
+    ("nonlocal_sagan_celeb_64", 3_832_885, 2_846_978),
+    ("demo", 128_452, 68_258),
+]
+
+
+def test_every_preset_is_documented_and_tested() -> None:
+    from parameter import PRESETS
+
+    assert sorted(PRESETS) == sorted(name for name, _, _ in PRESET_COUNTS)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in PRESETS:
+        assert f"--preset {name}" in readme, name
+
+
+@pytest.mark.parametrize("name,g,d", PRESET_COUNTS)
+def test_preset_dry_run_builds_with_documented_counts(name: str, g: int, d: int, capsys: pytest.CaptureFixture) -> None:
+    from main import main
+
+    assert main(["--preset", name, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert f"G parameters: {g:,}" in out and f"D parameters: {d:,}" in out
+    assert f'"preset": "{name}"' in out
+
+
+def test_preset_values_and_explicit_override() -> None:
+    a = get_parameters(["--preset", "sagan_cifar10_32"])
+    assert (a.dataset, a.imsize, a.batch_size, a.g_lr, a.d_lr, a.beta1, a.beta2, a.n_dis, a.total_step) == \
+        ("cifar10", 32, 64, 2e-4, 2e-4, 0.5, 0.999, 5, 100_000)
+    assert (a.flip, a.init, a.g_attn, a.d_attn, a.version, a.preset) == (True, "ortho", (16,), (16,), "sagan_cifar10_32", "sagan_cifar10_32")
+    b = get_parameters(["--preset", "sagan_cifar10_32", "--g_lr", "1e-4", "--version", "mine", "--flip", "false"])
+    assert (b.g_lr, b.d_lr, b.version, b.flip) == (1e-4, 2e-4, "mine", False)
+    i = get_parameters(["--preset", "sagan_imagenet_128"])
+    assert (i.batch_size, i.global_batch, i.g_attn, i.n_dis, i.beta1, i.total_step) == (256, 256, (64,), 1, 0.0, 1_000_000)
+    assert get_parameters(["--preset", "sagan_imagenet_128", "--accum", "4"]).batch_size == 64
+    assert get_parameters(["--preset", "sagan_imagenet_128", "--batch_size", "32"]).global_batch is None
+    e = get_parameters(["--preset", "sagan_imagenet_128_biggan"])
+    assert (e.ema, e.ema_decay, e.ema_start, e.init, e.flip, e.sn_eps) == (True, 0.999, 2000, "xavier", False, 1e-8)
+    s = get_parameters(["--preset", "sngan_proj_imagenet_128"])
+    assert (s.g_lr, s.d_lr, s.n_dis, s.g_sn, s.g_attn) == (2e-4, 5e-5, 5, False, ())
+    n = get_parameters(["--preset", "nonlocal_sagan_celeb_64"])
+    assert (n.arch, n.attn_variant, n.span, n.g_attn, n.d_attn, n.beta2, n.num_classes) == ("dcgan", "paper", 3, (16, 32), (8,), 0.9, 0)
+    with pytest.raises(SystemExit):
+        get_parameters(["--preset", "sagan_imagenet_128", "--accum", "3"])
+    with pytest.raises(SystemExit):
+        get_parameters(["--preset", "no_such_preset"])
+
+
+def test_seed_lines_resolve_to_the_documented_configuration() -> None:
+    """The README's seed lines: our defaults (paper's ResNet, official attention at 32x32, hinge, TTUR)."""
+    from main import resolve_num_classes
+    from trainer import model_config
+
+    for line in SEED_LINES:
+        a = get_parameters(shlex.split(line))
+        cfg = model_config(a, resolve_num_classes(a, 0))
+        assert (cfg.arch, cfg.imsize, cfg.g_attn, cfg.d_attn, cfg.attn_variant, cfg.num_classes, cfg.init) == \
+            ("resnet", 64, (32,), (32,), "official", 0, "xavier")
+        assert (a.batch_size, a.g_lr, a.d_lr, a.beta1, a.beta2, a.n_dis, a.adv_loss, a.preset) == \
+            (64, 1e-4, 4e-4, 0.0, 0.999, 1, "hinge", None)
+        assert cfg.span == (3 if "--span 3" in line else 0)

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"estimated GPU hours at a sustained {own.gpu_hours:g} TFLOP/s (counted FLOPs, not a measured run)")
         print(f"{'preset':<28} {'GFLOP/iter':>11} {'PFLOP total':>12} {'GPU hours':>10}")
         for r in preset_hours(own.gpu_hours, sorted(PRESETS)):
-            print(f"{r['preset']:<28} {r['gflop_per_iter']:>11.1f} {r['total_pflop']:>12.1f} {r["gpu_hours"]:>10.2f}")
+            print(f"{r['preset']:<28} {r['gflop_per_iter']:>11.1f} {r['total_pflop']:>12.1f} {r['gpu_hours']:>10.2f}")
         return 0
     base = get_parameters(rest)
     device = resolve_device(base.device)

@@ -29,12 +29,6 @@ BASE = shlex.split("--dataset shapes --max_images 32 --imsize 32 --g_conv_dim 8 
                    "--num_workers 0 --device cpu --log_step 1 --sample_step 100 --attn_samples 0 --use_tensorboard false --seed 5")
 
 
-@pytest.fixture()
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
     out = {}
 

@@ -22,12 +22,6 @@ TINY = shlex.split("--g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 4 --nu
                    "--log_step 1 --sample_step 1 --model_save_step 2")
 
 
-@pytest.fixture()
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _scalars(logdir: Path) -> set[str]:
     acc = EventAccumulator(str(logdir))
     acc.Reload()

@@ -67,8 +67,7 @@ def train_classifier(path: Path, epochs: int = 3, seed: int = 0) -> tuple[ShapeC
         g = torch.Generator().manual_seed(seed)
         for _ in range(epochs):
             for idx in torch.randperm(len(train), generator=g).split(128):
-                x = train.images[idx].float() / 127.5 - 1.0
-                loss = nn.functional.cross_entropy(net(x), train.labels[idx])
+                loss = nn.functional.cross_entropy(net(as_input(train.images[idx])), train.labels[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -76,7 +75,7 @@ def train_classifier(path: Path, epochs: int = 3, seed: int = 0) -> tuple[ShapeC
         torch.save(net.state_dict(), path)
     net.eval()
     with torch.no_grad():
-        pred = torch.cat([net(test.images[i:i + 500].float() / 127.5 - 1.0).argmax(1) for i in range(0, len(test), 500)])
+        pred = torch.cat([net(as_input(test.images[i:i + 500])).argmax(1) for i in range(0, len(test), 500)])
     return net, (pred == test.labels).float().mean().item()
 
 
@@ -116,7 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default="ablation")
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(a.out)
     net, held_out = train_classifier(out / "shape_classifier.pt")
     print(f"shape classifier: {held_out:.1%} on 2,000 held-out shapes images", flush=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import itertools
 import json
 import resource
 import shlex
@@ -99,9 +100,8 @@ def make_trainer(argv: Sequence[str], num_classes: int) -> tuple[Trainer, torch.
 
 
 def iteration(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
-    for _ in range(trainer.args.n_dis):
-        trainer.d_step([(x, y)] * trainer.accum)
-    trainer.g_step()
+    """One training iteration, exactly as Trainer.train runs it, on a fixed real batch."""
+    trainer.iteration(itertools.repeat((x, y)))
 
 
 def count_flops(argv: Sequence[str], num_classes: int) -> int:
@@ -141,14 +141,13 @@ def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
     """Expected GPU hours of each preset's full run: FLOPs of one iteration counted at batch 2 (work is
     linear in the batch, see BENCHMARKS.md), scaled to the preset's global batch and --total_step, divided
     by an assumed sustained rate. An estimate, not a measurement."""
-    from parameter import PRESETS
+    from main import KNOWN_CLASSES
 
     rows = []
     for name in names:
         args = get_parameters(["--preset", name])
-        classes = {"shapes": 4, "cifar10": 10, "imagenet": 1000}.get(args.dataset, 0)
-        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], classes)
-        per_iter = flops2 / 2 * PRESETS[name]["global_batch"]
+        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], KNOWN_CLASSES[args.dataset])
+        per_iter = flops2 / 2 * args.global_batch
         total = per_iter * args.total_step
         rows.append({"preset": name, "gflop_per_iter": per_iter / 1e9, "total_pflop": total / 1e15,
                      "gpu_hours": total / (rate_tflops * 1e12) / 3600})

@@ -105,12 +105,15 @@ class ReadableItems(Dataset):
 
 def bad_files(dataset: Dataset) -> tuple[int, int, list[str]]:
     """(unreadable items found so far, items, a few of their names) of a dataset or a Subset of one."""
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    if not isinstance(base, ReadableItems) or not base.bad.any():  # the common case, cheap at every log step
+        return 0, len(dataset), []
     indices = None
     while isinstance(dataset, Subset):
         indices = torch.as_tensor(dataset.indices) if indices is None else torch.as_tensor(dataset.indices)[indices]
         dataset = dataset.dataset
-    if not isinstance(dataset, ReadableItems):
-        return 0, len(dataset), []
     flags = dataset.bad if indices is None else dataset.bad[indices]
     where = torch.nonzero(flags).flatten()
     base = where if indices is None else indices[where]

@@ -23,7 +23,7 @@ import distributed
 from data_loader import DatasetError, build_dataset, class_folders, get_loader
 from distributed import LaunchError
 from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
-from parameter import get_parameters
+from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
 from trainer import (CheckpointError, Preempted, Trainer, checkpoint_path, class_rows, load_checkpoint, model_config,
                      resolve_device, write_json_atomic)
@@ -155,11 +155,7 @@ def train(args: Namespace) -> int:
     env = distributed.launch_env()
     device = distributed.device_for(env, args.device)
     say = print if env.is_main else (lambda *a, **k: None)
-    if args.global_batch and env.world > 1:  # a preset's global batch, split over the processes
-        if args.global_batch % (env.world * args.accum):
-            raise ValueError(f"--preset {args.preset}: global batch {args.global_batch} is not divisible by {env.world} processes "
-                             f"x --accum {args.accum}; pass --batch_size explicitly")
-        args.batch_size = args.global_batch // (env.world * args.accum)
+    split_global_batch(args, env.world)  # a preset's global batch, over the processes
     dataset, classes = build_dataset(args)
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(args, dataset, device, env.rank, env.world)

@@ -240,26 +240,36 @@ def explicit_flags(argv: Sequence[str] | None) -> set[str]:
     return {k for k, v in vars(p.parse_args(argv)).items() if v is not _UNSET}
 
 
+def split_global_batch(args: argparse.Namespace, processes: int) -> None:
+    """With a preset's global batch (and no explicit --batch_size): batch_size = global / (processes x accum)."""
+    if not args.global_batch:
+        return
+    parts = processes * args.accum
+    if args.global_batch % parts:
+        raise ValueError(f"--preset {args.preset}: global batch {args.global_batch} is not divisible by {processes} processes "
+                         f"x --accum {args.accum}; pass --batch_size explicitly")
+    args.batch_size = args.global_batch // parts
+
+
 def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse flags; with --preset, its values replace the defaults (explicit flags still win). The
-    preset's global batch is kept as `args.global_batch` (None without a preset) and `args.version`
+    preset's global batch is kept as `args.global_batch` (None without a preset, or with an explicit
+    --batch_size) and split for one process here (main.py splits it again under torchrun); `args.version`
     defaults to the preset's name."""
     p = build_parser()
     args = p.parse_args(argv)
-    args.global_batch = None
+    global_batch = None
     if args.preset:
         preset = dict(PRESETS[args.preset])
-        args.global_batch = preset.pop("global_batch", None)
+        global_batch = preset.pop("global_batch", None)
         preset.setdefault("version", args.preset)
         p.set_defaults(**preset)
         args = p.parse_args(argv)
-        explicit = explicit_flags(argv)
-        args.global_batch = None if "batch_size" in explicit else PRESETS[args.preset].get("global_batch")
-        if args.global_batch:
-            per = args.global_batch // args.accum
-            if per * args.accum != args.global_batch:
-                p.error(f"--preset {args.preset} has a global batch of {args.global_batch}, which --accum {args.accum} does not divide")
-            args.batch_size = per  # per process in one process; main.py divides again under torchrun
+    args.global_batch = global_batch if global_batch and "batch_size" not in explicit_flags(argv) else None
+    try:
+        split_global_batch(args, 1)
+    except ValueError as e:
+        p.error(str(e))
     if args.dataset == "cifar":
         args.dataset = "cifar10"
     return args

@@ -187,22 +187,18 @@ class EMA:
     def __init__(self, source: nn.Module, decay: float, start: int) -> None:
         self.source, self.decay, self.start = source, decay, start
         self.model = copy.deepcopy(source).eval().requires_grad_(False)
-        self._pairs()
-
-    def _pairs(self) -> None:
-        src, tgt = self.source.state_dict(keep_vars=True), self.model.state_dict(keep_vars=True)
-        self.float_pairs = [(tgt[k], src[k]) for k in tgt if tgt[k].is_floating_point()]
+        src, tgt = source.state_dict(), self.model.state_dict()  # detached views of the live tensors
+        self.tgt = [tgt[k] for k in tgt if tgt[k].is_floating_point()]
+        self.src = [src[k] for k in tgt if tgt[k].is_floating_point()]
         self.other_pairs = [(tgt[k], src[k]) for k in tgt if not tgt[k].is_floating_point()]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Call after the G update of `step` (1-based)."""
-        tgt = [t.data for t, _ in self.float_pairs]
-        src = [s.data for _, s in self.float_pairs]
         if step < self.start:
-            torch._foreach_copy_(tgt, src)
+            torch._foreach_copy_(self.tgt, self.src)
         else:
-            torch._foreach_lerp_(tgt, src, 1.0 - self.decay)
+            torch._foreach_lerp_(self.tgt, self.src, 1.0 - self.decay)
         for t, s in self.other_pairs:
             t.copy_(s)
 
@@ -334,7 +330,11 @@ class Trainer:
             self.d_frozen = torch.compile(self.d_frozen) if self.dist.enabled else self.d_train
         if self.dist.rank:
             # Identical models (built from the same seed above), different noise on every process.
-            torch.manual_seed(args.seed + 1_000_003 * self.dist.rank)
+            self.seed_rank()
+
+    def seed_rank(self) -> None:
+        """This process's own noise stream, from (seed, rank, step)."""
+        torch.manual_seed(self.args.seed + 1_000_003 * self.dist.rank + self.step)
 
     @property
     def G_eval(self) -> nn.Module:
@@ -408,10 +408,9 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "scaler": self.scaler.state_dict(),
-            # Position in the data, in images of the epoch over all processes (so that a run can resume
-            # under another number of processes), and this process's exact batch position.
-            "data": {"epoch": self.epoch, "batch": self.batch_in_epoch, "images": self.batch_in_epoch * self.args.batch_size * self.dist.world,
-                     "world": self.dist.world, "batch_size": self.args.batch_size},
+            # Position in the data: batches of this process consumed in the epoch, and the batch size and
+            # process count that give it in images (so that a run can resume under another layout).
+            "data": {"epoch": self.epoch, "batch": self.batch_in_epoch, "world": self.dist.world, "batch_size": self.args.batch_size},
             "rng": rng_state(),
             "rng_ranks": rng_ranks or [],
             "best": dict(self.best),
@@ -506,17 +505,17 @@ class Trainer:
             self.sched_d.load_state_dict(ckpt["sched_d"])
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
-            data = ckpt.get("data", {})
-            self.epoch = int(data.get("epoch", 0))
-            same = data.get("world") == self.dist.world and data.get("batch_size") == self.args.batch_size
-            self.batch_in_epoch = int(data.get("batch", 0)) if same else int(data.get("images", 0)) // (self.args.batch_size * self.dist.world)
+            data = {"epoch": 0, "batch": 0, "world": 1, "batch_size": self.args.batch_size, **ckpt.get("data", {})}
+            self.epoch = int(data["epoch"])
+            images = data["batch"] * data["batch_size"] * data["world"]  # of the epoch, over all processes
+            self.batch_in_epoch = images // (self.args.batch_size * self.dist.world)
             ranks = ckpt.get("rng_ranks") or []
             if len(ranks) == self.dist.world:
                 set_rng_state(ranks[self.dist.rank])
             elif self.dist.is_main:
                 set_rng_state(ckpt["rng"])
             else:
-                torch.manual_seed(self.args.seed + 1_000_003 * self.dist.rank + self.step)
+                self.seed_rank()
             self.best.update(ckpt.get("best", {}))
             self.last_saved = path if path.stem.isdigit() else None
         return path
@@ -565,10 +564,8 @@ class Trainer:
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Endless (x, y) on the device, starting at the saved data position; counts what is consumed."""
-        sampler = self.loader.batch_sampler
         while True:
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
             for x, y in self.loader:
                 self.batch_in_epoch += 1
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -584,11 +581,15 @@ class Trainer:
         for i in range(k):
             yield i, (ddp.no_sync() if ddp is not None and i < k - 1 else contextlib.nullcontext())
 
+    def generate(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """n fakes from the training-mode G and their labels (uniform)."""
+        y_fake = self.sample_labels(n)
+        return self.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
+
     def fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
         """n detached fakes and their labels, for a D update."""
         with torch.no_grad(), self.autocast():
-            y_fake = self.sample_labels(n)
-            return self.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
+            return self.generate(n)
 
     def d_backward(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """Accumulate D's gradients over the micro-batches `reals` (each loss divided by their number)."""
@@ -631,10 +632,9 @@ class Trainer:
         b = self.args.batch_size
         total = torch.zeros((), device=self.device)
         for _, ctx in self.micro_batches(k, self.ddp_g):
-            y_fake = self.sample_labels(b)
             with ctx:
                 with self.autocast():
-                    fake = self.g_train(torch.randn(b, self.cfg.z_dim, device=self.device), y_fake)
+                    fake, y_fake = self.generate(b)
                     loss = self.g_loss_fn(self.d_frozen(fake, y_fake).float())
                 self.scaler.scale(loss / k).backward()
             total = total + loss.detach() / k

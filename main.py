@@ -25,8 +25,8 @@ from distributed import LaunchError
 from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
 from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from trainer import (CheckpointError, Preempted, Trainer, checkpoint_path, class_rows, load_checkpoint, model_config,
-                     resolve_device, write_json_atomic)
+from checkpoints import CheckpointError, checkpoint_path, load_checkpoint, write_json_atomic
+from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
 KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000}
@@ -108,14 +108,16 @@ def sample(args: Namespace) -> int:
     trainer = Trainer(args, cfg)
     trainer.load(path.stem, restore_training=False)
     out, _ = trainer.sample_grid(trainer.run["samples"] / f"{trainer.step}_sample.png")
-    print(f"loaded {path} (step {trainer.step}); wrote {out}")
+    which = "the EMA generator" if trainer.ema is not None else "G"
+    origin = f", converted from {trainer.source['format']}" if trainer.source else ""
+    print(f"loaded {path} (step {trainer.step}{origin}; sampling {which}); wrote {out}")
     for p in look_inside(trainer, args):
         print(f"wrote {p}")
     if args.sample_dir:
-        written = write_samples(trainer.G, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
+        written = write_samples(trainer.G_eval, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
         print(f"wrote {len(written)} samples to {args.sample_dir}")
     if evaluator is not None:
-        result = evaluator(trainer.G, args.eval_samples, source=f"{path} (step {trainer.step})")
+        result = evaluator(trainer.G_eval, args.eval_samples, source=f"{path} (step {trainer.step})")
         tag = count_tag(result["metrics"]["samples"])
         report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json")
     return 0
@@ -136,7 +138,7 @@ def look_inside(trainer: Trainer, args: Namespace) -> list[Path]:
     import visualize
     from torchvision.utils import save_image
 
-    G, step, folder = trainer.G, trainer.step, trainer.run["samples"]
+    G, step, folder = trainer.G_eval, trainer.step, trainer.run["samples"]
     written = trainer.attention_snapshot()
     classes = parse_classes(args.classes, G.cfg.num_classes) if G.cfg.num_classes else None
     if classes is not None:

@@ -19,7 +19,7 @@ import argparse
 from typing import Sequence
 
 from metrics import WEIGHTS_NAME
-from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_VARIANTS, INITS, IMSIZES
+from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS
 
 DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder")
 LOSSES = ("hinge", "wgan-gp", "ns")
@@ -91,12 +91,24 @@ _MM_CIFAR = dict(dataset="cifar10", imsize=32, arch="resnet", num_classes=-1, gl
                  beta1=0.5, beta2=0.999, n_dis=5, total_step=100_000, flip=True, init="ortho", cbn_sn=True, bn_eps=1e-4)
 _IMAGENET = dict(dataset="imagenet", imsize=128, arch="resnet", num_classes=-1, global_batch=256, g_lr=1e-4, d_lr=4e-4,
                  beta1=0.0, beta2=0.999, n_dis=1, total_step=1_000_000, init="xavier", flip=False)
+# heykeetae's model exactly: SN on l1-l4 only, its ConvTranspose SN matrix (in, out*k*k), plain attention and output layers
 _PORT_64 = dict(imsize=64, arch="dcgan", attn_variant="paper", g_attn=(16, 32), d_attn=(8, 4), num_classes=0, adv_loss="hinge",
-                global_batch=64, g_lr=1e-4, d_lr=4e-4, beta1=0.0, beta2=0.9, n_dis=1, total_step=100_000, init="pytorch")
+                global_batch=64, g_lr=1e-4, d_lr=4e-4, beta1=0.0, beta2=0.9, n_dis=1, total_step=100_000, init="pytorch",
+                sn_layers="port", convt_sn_dim=0)
+# StudioGAN's own runs (src/configs/*/SAGAN*.yaml @947b35e): its D's in-place ReLU also rectifies the block shortcut's
+# input; SN eps 1e-6, Adam eps 1e-6, BN eps 1e-4, SN on the CBN tables, orthogonal init, horizontal flips.
+_STUDIOGAN = dict(arch="resnet", num_classes=-1, init="ortho", flip=True, cbn_sn=True, bn_eps=1e-4, sn_eps=1e-6, adam_eps=1e-6,
+                  d_relu_shortcut=True)
 PRESETS: dict[str, dict] = {
     # MMGeneration configs/sagan, configs/sngan_proj (CIFAR-10, 64x1, 500k MM iterations = 100k G steps)
     "sagan_cifar10_32": {**_MM_CIFAR, "g_attn": (16,), "d_attn": (16,)},
     "sngan_proj_cifar10_32": {**_MM_CIFAR, "g_attn": (), "d_attn": (), "g_sn": False},
+    # StudioGAN CIFAR10/SAGAN.yaml (attention G loc 2, D loc 1: 16x16) and ImageNet/SAGAN-256.yaml (G loc 4, D loc 1: 64x64)
+    "studiogan_sagan_cifar10_32": {**_STUDIOGAN, "dataset": "cifar10", "imsize": 32, "global_batch": 64, "g_lr": 2e-4, "d_lr": 2e-4,
+                                   "beta1": 0.5, "beta2": 0.999, "n_dis": 5, "total_step": 100_000, "g_attn": (16,), "d_attn": (16,)},
+    "studiogan_sagan_imagenet_128": {**_STUDIOGAN, "dataset": "imagenet", "imsize": 128, "global_batch": 256, "g_lr": 1e-4,
+                                     "d_lr": 4e-4, "beta1": 0.0, "beta2": 0.999, "n_dis": 1, "total_step": 1_000_000,
+                                     "g_attn": (64,), "d_attn": (64,)},
     # The SAGAN paper (Table 2, feat64) and MMGeneration's ImageNet run; the official script's feat32
     "sagan_imagenet_128": {**_IMAGENET, "g_attn": (64,), "d_attn": (64,)},
     "sagan_imagenet_128_feat32": {**_IMAGENET, "g_attn": (32,), "d_attn": (32,)},
@@ -147,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sn_eps", type=float, default=1e-12, help="spectral-norm eps")
     a.add_argument("--d_relu_shortcut", type=str2bool, default=False,
                    help="D's block shortcut receives relu(x) (StudioGAN's in-place ReLU; MMGeneration's 'inplace ReLU' rows)")
+    a.add_argument("--sn_layers", type=str, default="all", choices=SN_LAYERS,
+                   help="dcgan: spectral norm on every layer (all, the paper) or on the up/down convs only (port, heykeetae)")
+    a.add_argument("--convt_sn_dim", type=int, default=1, choices=CONVT_SN_DIMS,
+                   help="dcgan: ConvTranspose spectral-norm matrix, 1 = (out, in*k*k) as torch, 0 = (in, out*k*k) as heykeetae")
 
     t = p.add_argument_group("training")
     t.add_argument("--adv_loss", type=str, default="hinge", choices=LOSSES)
@@ -162,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr_decay_step", type=positive_step, default=10_000)
     t.add_argument("--beta1", type=float, default=0.0)
     t.add_argument("--beta2", type=float, default=0.999)
+    t.add_argument("--adam_eps", type=float, default=1e-8, help="Adam eps (torch, official, MMGeneration 1e-8; StudioGAN 1e-6)")
     t.add_argument("--flip", type=str2bool, default=False, help="random horizontal flips of real images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")

@@ -82,6 +82,8 @@ ARCHS = ("resnet", "dcgan")
 ATTN_VARIANTS = ("official", "paper")
 ATTN_BACKENDS = ("sdpa", "math")
 INITS = ("xavier", "ortho", "pytorch")
+SN_LAYERS = ("all", "port")  # DCGAN: SN on every layer (paper), or on the up/down convs only (heykeetae)
+CONVT_SN_DIMS = (1, 0)  # ConvTranspose SN matrix: 1 = (out, in*k*k) (torch), 0 = (in, out*k*k) (heykeetae)
 
 # ResNet generator: channel multiples of g_conv_dim at 4x4, then after each up-block (x2 each).
 RESNET_G = {
@@ -128,7 +130,9 @@ class ModelConfig:
     sn_eps: float = 1e-12
     bn_eps: float = 1e-5
     init: str = "xavier"
-    d_relu_shortcut: bool = False  # MMGeneration's "inplace ReLU" rows: D's shortcut receives relu(x)
+    d_relu_shortcut: bool = False  # StudioGAN's D, MMGeneration's "inplace ReLU" rows: D's shortcut receives relu(x)
+    sn_layers: str = "all"  # dcgan: "all" (the paper: every layer) or "port" (heykeetae: up/down convs only)
+    convt_sn_dim: int = 1  # dcgan: the ConvTranspose SN matrix, 1 = (out, in*k*k) as torch, 0 = (in, out*k*k) as heykeetae
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -142,6 +146,12 @@ class ModelConfig:
             raise ValueError(f"unknown attention variant {self.attn_variant!r}; choose one of {', '.join(ATTN_VARIANTS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.sn_layers not in SN_LAYERS:
+            raise ValueError(f"unknown sn_layers {self.sn_layers!r}; choose one of {', '.join(SN_LAYERS)}")
+        if self.convt_sn_dim not in CONVT_SN_DIMS:
+            raise ValueError(f"convt_sn_dim must be 1 (torch) or 0 (heykeetae), got {self.convt_sn_dim}")
+        if self.arch != "dcgan" and (self.sn_layers != "all" or self.convt_sn_dim != 1):
+            raise ValueError("sn_layers 'port' and convt_sn_dim 0 describe heykeetae's DCGAN layout; use them with arch dcgan")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -219,8 +229,8 @@ def _dcgan_ch(conv_dim: int, imsize: int, res: int) -> int:
 # Layers
 
 
-def _sn(layer: nn.Module, on: bool, eps: float) -> nn.Module:
-    return spectral.spectral_norm(layer, eps=eps) if on else layer
+def _sn(layer: nn.Module, on: bool, eps: float, dim: int | None = None) -> nn.Module:
+    return spectral.spectral_norm(layer, eps=eps, dim=dim) if on else layer
 
 
 def conv(cin: int, cout: int, k: int, sn: bool, eps: float, bias: bool = True) -> nn.Module:
@@ -409,7 +419,7 @@ class UpConv(nn.Module):
     def __init__(self, cin: int, cout: int, head: bool, cfg: ModelConfig) -> None:
         super().__init__()
         layer = nn.ConvTranspose2d(cin, cout, 4) if head else nn.ConvTranspose2d(cin, cout, 4, 2, 1)
-        self.conv = _sn(layer, cfg.g_sn, cfg.sn_eps)
+        self.conv = _sn(layer, cfg.g_sn, cfg.sn_eps, cfg.convt_sn_dim)
         self.bn = CondBatchNorm2d(cout, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, cfg.sn_eps)
 
     def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
@@ -489,12 +499,13 @@ class Generator(nn.Module):
         cfg = cfg.resolved()
         self.cfg = cfg
         sn, eps = cfg.g_sn, cfg.sn_eps
+        edge_sn = sn and cfg.sn_layers == "all"  # attention convs and the output layer (plain in heykeetae)
         self.blocks = nn.ModuleList()
         attn = set(cfg.g_attn)
 
         def add_attn(res: int, ch: int) -> None:
             if res in attn:
-                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, sn, eps))
+                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, edge_sn, eps))
 
         if cfg.arch == "resnet":
             chans = [m * cfg.g_conv_dim for m in RESNET_G[cfg.imsize]]
@@ -511,7 +522,7 @@ class Generator(nn.Module):
             for r in _pow2(8, cfg.imsize // 2):
                 self.blocks.append(UpConv(ch[r // 2], ch[r], False, cfg))
                 add_attn(r, ch[r])
-            self.conv_out = _sn(nn.ConvTranspose2d(ch[cfg.imsize // 2], 3, 4, 2, 1), sn, eps)
+            self.conv_out = _sn(nn.ConvTranspose2d(ch[cfg.imsize // 2], 3, 4, 2, 1), edge_sn, eps, cfg.convt_sn_dim)
         init_weights(self, cfg.init)
 
     def forward(self, z: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -536,13 +547,14 @@ class Discriminator(nn.Module):
         cfg = cfg.resolved()
         self.cfg = cfg
         eps = cfg.sn_eps
+        edge_sn = cfg.sn_layers == "all"  # attention convs and the output layer (plain in heykeetae)
         self.blocks = nn.ModuleList()
         pending = set(cfg.d_attn)
 
         def add_attn(res: int, ch: int) -> None:
             if res in pending:  # after the first block reaching this resolution
                 pending.discard(res)
-                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, True, eps))
+                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, edge_sn, eps))
 
         res, cin = cfg.imsize, 3
         if cfg.arch == "resnet":
@@ -559,7 +571,7 @@ class Discriminator(nn.Module):
                 self.blocks.append(DownConv(cin, cout, eps))
                 add_attn(r, cout)
                 cin = cout
-            self.head = _sn(nn.Conv2d(cin, 1, 4), True, eps)
+            self.head = _sn(nn.Conv2d(cin, 1, 4), edge_sn, eps)
         if cfg.num_classes > 0:
             self.embed = _sn(nn.Embedding(cfg.num_classes, cin), True, eps)
         init_weights(self, cfg.init)

@@ -16,13 +16,8 @@ The EMA generator follows BigGAN-PyTorch's `utils.ema`: every floating-point ent
 (weights, batch-norm running statistics, spectral-norm u and v) is averaged after each G step with
 `--ema_decay`, and copied outright before `--ema_start`.
 
-Checkpoints are one file per save, `<model_save_path>/<version>/<step>.pt`, holding G, D, the EMA
-generator, both optimizers, both LR schedulers, the gradient scaler, the step, the data position, the
-model config, all arguments and the RNG states of every process; a `latest` file names the newest.
-They contain only tensors and plain Python data and are loaded with `weights_only=True`. Each file
-is written to a temporary name in the same folder, flushed, fsynced and renamed into place (then the
-`latest` pointer the same way, then `--keep_last` pruning), so a kill at any moment leaves the
-previous checkpoint loadable; weights that are not finite are never written.
+Checkpoints (format, atomic writes, loading, `latest`, pruning) live in `checkpoints.py`; the trainer
+decides what goes in them (`state()`) and when they are written.
 
 Exit codes of `main.py`: 0 done; 2 an error explained on one line; 3 stopped by SIGTERM/SIGINT after
 saving a checkpoint at the current step (resume with `--pretrained_model latest`).
@@ -32,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import json
 import os
-import pickle
 import random
 import signal
 import sys
@@ -53,6 +46,8 @@ from torchvision.utils import make_grid, save_image
 
 import distributed
 import spectral
+from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, load_checkpoint, prune, write_checkpoint,
+                         write_json_atomic)
 from data_loader import check_bad_files
 from distributed import DistEnv
 from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, sample, set_attention_backend
@@ -62,9 +57,7 @@ if TYPE_CHECKING:
 
     from metrics import Evaluator
 
-CHECKPOINT_FORMAT = 1
 DEFAULT_EVAL_SAMPLES = 10_000
-NAMED_CHECKPOINTS = ("best_fid", "best_is")  # kept by --eval_step, as the paper's tables report best-FID/IS steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +112,7 @@ def model_config(args: Namespace, num_classes: int) -> ModelConfig:
         imsize=args.imsize, arch=args.arch, z_dim=args.z_dim, g_conv_dim=args.g_conv_dim, d_conv_dim=args.d_conv_dim,
         num_classes=num_classes, g_attn=args.g_attn, d_attn=args.d_attn, attn_variant=args.attn_variant, span=args.span,
         g_sn=args.g_sn, cbn_sn=args.cbn_sn, init=args.init, bn_eps=args.bn_eps, sn_eps=args.sn_eps,
-        d_relu_shortcut=args.d_relu_shortcut,
+        d_relu_shortcut=args.d_relu_shortcut, sn_layers=args.sn_layers, convt_sn_dim=args.convt_sn_dim,
     ).resolved()
 
 
@@ -159,19 +152,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def class_rows(num_classes: int, limit: int = 16) -> list[int]:
     """The classes shown as grid rows: all of them, or `limit` spread evenly over them."""
     return torch.linspace(0, num_classes - 1, min(num_classes, limit)).round().long().tolist()
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used or written; the message is one line that says what to do."""
 
 
 class Preempted(Exception):
@@ -203,56 +186,6 @@ class EMA:
             t.copy_(s)
 
 
-def checkpoint_path(folder: Path, which: str) -> Path:
-    """`which` is a step number, 'latest', 'best_fid' or 'best_is'."""
-    steps = sorted(int(p.stem) for p in folder.glob("*.pt") if p.stem.isdigit()) if folder.is_dir() else []
-    if which == "latest":
-        pointer = folder / "latest"
-        if pointer.is_file() and (folder / pointer.read_text().strip()).is_file():
-            return folder / pointer.read_text().strip()
-        if not steps:
-            raise CheckpointError(f"no checkpoint in {folder}; train first, or check --version and --model_save_path")
-        return folder / f"{steps[-1]}.pt"
-    if which in NAMED_CHECKPOINTS:
-        path = folder / f"{which}.pt"
-        if not path.is_file():
-            raise CheckpointError(f"no {which} checkpoint in {folder}; it is written by training with --eval_step K > 0")
-        return path
-    path = folder / f"{int(which)}.pt"
-    if not path.is_file():
-        have = ", ".join(map(str, steps)) or "none"
-        raise CheckpointError(f"no checkpoint for step {int(which)} in {folder}; available steps: {have}")
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        globals_ = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln]
-        if globals_:
-            raise CheckpointError(
-                f"refused to load {path}: it needs arbitrary code to unpickle ({globals_[0]}), and checkpoints are "
-                f"loaded with weights_only=True; use a checkpoint written by this code") from e
-        raise CheckpointError(f"cannot load {path}: it is damaged or not a checkpoint; pick another with --pretrained_model STEP") from e
-    except Exception as e:  # noqa: BLE001 - any other failure (truncated, not a torch file) gets one line
-        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}; it is damaged or not a checkpoint, "
-                              f"pick another with --pretrained_model STEP") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by this code (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def check_same_model(saved: dict, current: ModelConfig, path: Path) -> None:
-    saved = {**ModelConfig().to_dict(), **saved}  # keys added later take their defaults
-    cur = current.to_dict()
-    diff = [k for k in sorted(set(saved) | set(cur)) if saved.get(k) != cur.get(k) and not (
-        isinstance(saved.get(k), (list, tuple)) and isinstance(cur.get(k), (list, tuple)) and list(saved[k]) == list(cur[k]))]
-    if diff:
-        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {cur.get(k)!r}" for k in diff)
-        raise CheckpointError(f"{path} was trained with a different model ({pairs}); pass the same flags or another --version")
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -278,8 +211,9 @@ class Trainer:
         self.D = Discriminator(self.cfg).to(self.device)
         if getattr(args, "sync_bn", False) and self.dist.enabled:
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=(args.beta1, args.beta2))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=(args.beta1, args.beta2))
+        eps = getattr(args, "adam_eps", 1e-8)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=(args.beta1, args.beta2), eps=eps)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=(args.beta1, args.beta2), eps=eps)
         self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, args.lr_decay_step, args.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, args.lr_decay_step, args.lr_decay)
         self.d_loss_fn, self.g_loss_fn = LOSSES[args.adv_loss]
@@ -287,6 +221,7 @@ class Trainer:
         self.step = 0
         self.epoch, self.batch_in_epoch = 0, 0  # data position: batches of this process consumed in the epoch
         self.last_saved: Path | None = None
+        self.source: dict | None = None  # a converted checkpoint's origin (convert.py), carried into every save
         self.stop_signal: str | None = None
         self.bad_warned: str | None = None
         self.run = self.run_folders(args)
@@ -414,6 +349,7 @@ class Trainer:
             "rng": rng_state(),
             "rng_ranks": rng_ranks or [],
             "best": dict(self.best),
+            "source": self.source,
         }
 
     def nonfinite_weights(self) -> list[str]:
@@ -438,45 +374,11 @@ class Trainer:
                                      f"{self.resume_hint()}")
         if not self.dist.is_main:
             return path
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{stem}.pt.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(self.state(rng_ranks), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            if name is None:
-                pointer_tmp = folder / ".latest.tmp"
-                with open(pointer_tmp, "w") as f:
-                    f.write(path.name + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(pointer_tmp, folder / "latest")
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the renames themselves survive a power cut
-            finally:
-                os.close(dir_fd)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            (folder / ".latest.tmp").unlink(missing_ok=True)
-            why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-            kept = f"the previous checkpoint {self.last_saved} is kept" if self.last_saved else "no earlier checkpoint exists"
-            raise CheckpointError(f"could not write {path}: {why}; {kept}; free space and resume with --pretrained_model latest") from e
+        path = write_checkpoint(self.state(rng_ranks), folder, stem, point_latest=name is None, previous=self.last_saved)
         if name is None:
             self.last_saved = path
-            self.prune()
+            prune(folder, getattr(self.args, "keep_last", 0))
         return path
-
-    def prune(self) -> None:
-        """Remove step checkpoints beyond the newest --keep_last (0 keeps all); best_* are never removed."""
-        keep = getattr(self.args, "keep_last", 0)
-        if not keep:
-            return
-        steps = sorted(int(p.stem) for p in self.run["models"].glob("*.pt") if p.stem.isdigit())
-        for s in steps[:-keep]:
-            (self.run["models"] / f"{s}.pt").unlink(missing_ok=True)
 
     def resume_hint(self) -> str:
         if self.last_saved is None:
@@ -491,6 +393,7 @@ class Trainer:
         self.G.load_state_dict(ckpt["G"])
         self.D.load_state_dict(ckpt["D"])
         self.step = int(ckpt["step"])
+        self.source = ckpt.get("source")
         if ckpt.get("G_ema") is not None and (self.ema is not None or not restore_training):
             if self.ema is None:  # sampling or scoring: use the saved EMA generator
                 saved = ckpt.get("args", {})

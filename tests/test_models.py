@@ -143,6 +143,8 @@ def test_labels_required_when_conditional() -> None:
         (dict(attn_variant="x"), "unknown attention variant"),
         (dict(init="normal"), "unknown init"),
         (dict(span=-1), "span must be >= 0"),
+        (dict(sn_layers="port"), "use them with arch dcgan"),
+        (dict(arch="dcgan", convt_sn_dim=2), "convt_sn_dim must be 1"),
     ],
 )
 def test_impossible_configs_raise_value_error(kwargs: dict, match: str) -> None:
@@ -192,3 +194,36 @@ def test_state_dict_round_trip_reproduces_outputs() -> None:
     g2.load_state_dict(g1.state_dict())
     z, y = torch.randn(2, 16), torch.tensor([0, 2])
     assert torch.equal(g1(z, y), g2(z, y))
+
+
+def test_port_sn_layout_normalises_only_the_up_and_down_convs() -> None:
+    """heykeetae: SN on l1-l4 (our UpConv/DownConv convs) only; attention convs and output layers plain.
+    The paper layout ("all") normalises every layer. Parameter counts are the same either way."""
+    import spectral
+
+    for sn_layers, plain_expected in (("port", True), ("all", False)):
+        cfg = ModelConfig(imsize=64, arch="dcgan", attn_variant="paper", g_conv_dim=8, d_conv_dim=8, z_dim=16, sn_layers=sn_layers)
+        G, D = Generator(cfg), Discriminator(cfg)
+        for model, out in ((G, G.conv_out), (D, D.head)):
+            convs = [b.conv for b in model.blocks if not isinstance(b, SelfAttention)]
+            attn = [layer for b in model.blocks if isinstance(b, SelfAttention) for layer in (b.query, b.key, b.value)]
+            assert all(spectral.is_normalised(c) for c in convs)
+            assert all(spectral.is_normalised(layer) != plain_expected for layer in attn + [out])
+        assert (count_params(G), count_params(D)) == (60_571, 51_059)
+
+
+def test_convt_sn_dim_0_normalises_the_in_first_matrix() -> None:
+    """convt_sn_dim 0: a ConvTranspose weight (in, out, k, k) is normalised as the (in, out*k*k) matrix (heykeetae)."""
+    import spectral
+
+    cfg = ModelConfig(imsize=32, arch="dcgan", g_conv_dim=8, d_conv_dim=8, z_dim=16, g_attn=(), d_attn=(), convt_sn_dim=0)
+    G = Generator(cfg)
+    layer = G.blocks[1].conv  # ConvTranspose2d(in 32, out 16, 4x4)
+    sn = layer.parametrizations.weight[0]
+    assert sn._u.shape == (32,) and sn._v.shape == (16 * 16,)
+    for _ in range(300):
+        spectral.power_iteration(G)
+    w = layer.weight.detach()
+    assert abs(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2).item() - 1) < 1e-3
+    torch_convention = torch.linalg.matrix_norm(w.transpose(0, 1).reshape(w.shape[1], -1), ord=2).item()
+    assert abs(torch_convention - 1) > 1e-2  # the two conventions have different largest singular values

@@ -84,6 +84,8 @@ PRESET_COUNTS = [
     ("sagan_lsun_64", 3_832_885, 3_175_299),
     ("nonlocal_sagan_celeb_64", 3_832_885, 2_846_978),
     ("demo", 128_452, 68_258),
+    ("studiogan_sagan_cifar10_32", 4_386_308, 1_075_586),  # StudioGAN's CIFAR10 SAGAN log
+    ("studiogan_sagan_imagenet_128", 42_017_412, 39_448_258),  # StudioGAN's ImageNet SAGAN log
 ]
 
 
@@ -104,6 +106,20 @@ def test_preset_dry_run_builds_with_documented_counts(name: str, g: int, d: int,
     out = capsys.readouterr().out
     assert f"G parameters: {g:,}" in out and f"D parameters: {d:,}" in out
     assert f'"preset": "{name}"' in out
+
+
+def test_reference_specific_preset_settings() -> None:
+    """StudioGAN's own runs: in-place-ReLU D shortcut and its eps values; heykeetae's runs: its SN placement and matrix."""
+    for name in ("studiogan_sagan_cifar10_32", "studiogan_sagan_imagenet_128"):
+        a = get_parameters(["--preset", name])
+        assert (a.d_relu_shortcut, a.sn_eps, a.adam_eps, a.bn_eps, a.cbn_sn, a.init, a.flip) == (True, 1e-6, 1e-6, 1e-4, True, "ortho", True)
+    m = get_parameters(["--preset", "sagan_cifar10_32"])
+    assert (m.d_relu_shortcut, m.sn_eps, m.adam_eps) == (False, 1e-12, 1e-8)  # MMGeneration's woReLUinplace row, Adam eps 1e-8
+    for name in ("sagan_celeb_64", "sagan_lsun_64", "nonlocal_sagan_celeb_64"):
+        a = get_parameters(["--preset", name])
+        assert (a.sn_layers, a.convt_sn_dim) == ("port", 0)
+    paper = get_parameters(["--preset", "sagan_celeb_64", "--sn_layers", "all", "--convt_sn_dim", "1"])
+    assert (paper.sn_layers, paper.convt_sn_dim) == ("all", 1)
 
 
 def test_preset_values_and_explicit_override() -> None:

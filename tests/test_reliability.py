@@ -21,7 +21,8 @@ import trainer as trainer_module
 from data_loader import build_dataset, open_rgb
 from main import main
 from parameter import get_parameters
-from trainer import CheckpointError, Trainer, load_checkpoint
+from checkpoints import CheckpointError, load_checkpoint
+from trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 # 32 images in batches of 8: 4 batches per epoch, so the runs below cross epoch boundaries.

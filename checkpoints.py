@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 import spectral
+from metrics import file_sha256
 from sagan_models import DBlock, ModelConfig, SelfAttention
 
 CHECKPOINT_FORMAT = 1
@@ -234,16 +235,6 @@ def load_foreign(path: Path) -> Any:
     return _torch_load(path, STAND_INS)
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------
 # Key tables
 
@@ -309,7 +300,7 @@ def _attention(model: nn.Module, src: str, dst: str, names: tuple[str, ...], gam
     return out
 
 
-def _cbn(model: nn.Module, src: str, dst: str, tables: tuple[str, str] | None, bn_name: str, linear: bool) -> list[Entry]:
+def _cbn(model: nn.Module, src: str, dst: str, tables: tuple[str, str], bn_name: str, linear: bool) -> list[Entry]:
     """Our CondBatchNorm2d at `dst` from a reference's: BN statistics under `src.bn_name`, gain and bias tables."""
     cbn = _sub(model, dst)
     if not cbn.num_classes:
@@ -331,62 +322,65 @@ def _check_arch(cfg: ModelConfig, fmt: str) -> None:
                               f"use the matching --preset (see README, 'Published checkpoints')")
 
 
-def studiogan_table(G: nn.Module, D: nn.Module, old_cbn: bool = False) -> tuple[list[Entry], list[Entry]]:
-    """StudioGAN resnet.py keys -> ours. `old_cbn`: the Embedding tables `embed0`/`embed1` of files before 2022-01-25."""
-    tables, linear = (("embed0", "embed1"), False) if old_cbn else (("gain", "bias"), True)
-    g = _layer(G, "linear0", "head", "torch")
-    for i, block in enumerate(G.blocks):
-        s, d = f"blocks.{i}.0", f"blocks.{i}"
-        if isinstance(block, SelfAttention):
-            g += _attention(G, s, d, ("conv1x1_theta", "conv1x1_phi", "conv1x1_g", "conv1x1_attn"), ("sigma", "scalar"), "torch")
-        else:
-            g += _cbn(G, f"{s}.bn1", f"{d}.bn1", tables, "bn", linear)
-            g += _cbn(G, f"{s}.bn2", f"{d}.bn2", tables, "bn", linear)
-            g += _layer(G, f"{s}.conv2d1", f"{d}.conv1", "torch") + _layer(G, f"{s}.conv2d2", f"{d}.conv2", "torch")
-            g += _layer(G, f"{s}.conv2d0", f"{d}.shortcut", "torch")
-    g += _bn("bn4", "bn_out", affine=True) + _layer(G, "conv2d5", "conv_out", "torch")
-    dd: list[Entry] = []
-    for i, block in enumerate(D.blocks):
-        s, d = f"blocks.{i}.0", f"blocks.{i}"
-        if isinstance(block, SelfAttention):
-            dd += _attention(D, s, d, ("conv1x1_theta", "conv1x1_phi", "conv1x1_g", "conv1x1_attn"), ("sigma", "scalar"), "torch")
-        else:
-            dd += _layer(D, f"{s}.conv2d1", f"{d}.conv1", "torch") + _layer(D, f"{s}.conv2d2", f"{d}.conv2", "torch")
-            if block.shortcut is not None:
-                dd += _layer(D, f"{s}.conv2d0", f"{d}.shortcut", "torch")
-    dd += _layer(D, "linear1", "head", "torch")
-    if D.cfg.num_classes:
-        dd += _layer(D, "embedding", "embed", "torch")
-    return g, dd
+@dataclass(frozen=True)
+class ResNetNames:
+    """How a reference names the parts of the ResNet G and D (one record per reference, below)."""
+
+    g_head: str
+    g_block: str  # prefix of our G block i, e.g. "blocks.{i}.0"
+    d_block: Callable[[int], str]  # prefix of our D block i
+    convs: tuple[str, str, str]  # the block's conv1, conv2, shortcut
+    bns: tuple[str, str]  # the G block's two conditional BNs
+    bn_stats: str  # the BN statistics inside a conditional BN
+    tables: tuple[str, str]  # the conditional BN's gain and bias tables
+    linear_tables: bool  # tables are one-hot Linears (C, K) rather than Embeddings (K, C)
+    attention: tuple[str, str, str, str]  # query, key, value, out
+    gamma: tuple[str, str]  # (name, transform)
+    g_bn_out: str
+    g_conv_out: str
+    d_head: str
+    d_embed: str
 
 
-def mmgen_table(G: nn.Module, D: nn.Module) -> tuple[list[Entry], list[Entry]]:
-    """MMGeneration/mmagic SNGANGenerator / ProjDiscriminator keys (without the generator./discriminator. prefix) -> ours."""
-    attn = ("theta.conv", "phi.conv", "g.conv", "o.conv")
-    g = _layer(G, "noise2feat", "head", "torch")
-    for i, block in enumerate(G.blocks):
-        s, d = f"conv_blocks.{i}", f"blocks.{i}"
-        if isinstance(block, SelfAttention):
-            g += _attention(G, s, d, attn, ("gamma", "copy"), "torch")
+def _studiogan_names(old_cbn: bool) -> ResNetNames:
+    return ResNetNames(
+        g_head="linear0", g_block="blocks.{i}.0", d_block=lambda i: f"blocks.{i}.0", convs=("conv2d1", "conv2d2", "conv2d0"),
+        bns=("bn1", "bn2"), bn_stats="bn", tables=("embed0", "embed1") if old_cbn else ("gain", "bias"), linear_tables=not old_cbn,
+        attention=("conv1x1_theta", "conv1x1_phi", "conv1x1_g", "conv1x1_attn"), gamma=("sigma", "scalar"),
+        g_bn_out="bn4", g_conv_out="conv2d5", d_head="linear1", d_embed="embedding")
+
+
+MMGEN_NAMES = ResNetNames(
+    g_head="noise2feat", g_block="conv_blocks.{i}", d_block=lambda i: "from_rgb" if i == 0 else f"conv_blocks.{i - 1}",
+    convs=("conv_1.conv", "conv_2.conv", "shortcut.conv"), bns=("norm_1", "norm_2"), bn_stats="norm",
+    tables=("weight_embedding", "bias_embedding"), linear_tables=False, attention=("theta.conv", "phi.conv", "g.conv", "o.conv"),
+    gamma=("gamma", "copy"), g_bn_out="to_rgb.bn", g_conv_out="to_rgb.conv", d_head="decision", d_embed="proj_y")
+
+
+def resnet_table(G: nn.Module, D: nn.Module, n: ResNetNames) -> tuple[list[Entry], list[Entry]]:
+    """A reference's ResNet G and D keys -> ours, walking our blocks in order."""
+    tables: list[list[Entry]] = []
+    for model, prefix in ((G, lambda i: n.g_block.format(i=i)), (D, n.d_block)):
+        out = _layer(G, n.g_head, "head", "torch") if model is G else []
+        for i, block in enumerate(model.blocks):
+            s, d = prefix(i), f"blocks.{i}"
+            if isinstance(block, SelfAttention):
+                out += _attention(model, s, d, n.attention, n.gamma, "torch")
+                continue
+            if model is G:
+                for theirs, ours in zip(n.bns, ("bn1", "bn2")):
+                    out += _cbn(G, f"{s}.{theirs}", f"{d}.{ours}", n.tables, n.bn_stats, n.linear_tables)
+            for theirs, ours in zip(n.convs, ("conv1", "conv2", "shortcut")):
+                if getattr(block, ours) is not None:  # D's identity shortcuts have no layer
+                    out += _layer(model, f"{s}.{theirs}", f"{d}.{ours}", "torch")
+        if model is G:
+            out += _bn(n.g_bn_out, "bn_out", affine=True) + _layer(G, n.g_conv_out, "conv_out", "torch")
         else:
-            tables = ("weight_embedding", "bias_embedding")
-            g += _cbn(G, f"{s}.norm_1", f"{d}.bn1", tables, "norm", False) + _cbn(G, f"{s}.norm_2", f"{d}.bn2", tables, "norm", False)
-            g += _layer(G, f"{s}.conv_1.conv", f"{d}.conv1", "torch") + _layer(G, f"{s}.conv_2.conv", f"{d}.conv2", "torch")
-            g += _layer(G, f"{s}.shortcut.conv", f"{d}.shortcut", "torch")
-    g += _bn("to_rgb.bn", "bn_out", affine=True) + _layer(G, "to_rgb.conv", "conv_out", "torch")
-    dd: list[Entry] = []
-    for i, block in enumerate(D.blocks):
-        s, d = ("from_rgb" if i == 0 else f"conv_blocks.{i - 1}"), f"blocks.{i}"
-        if isinstance(block, SelfAttention):
-            dd += _attention(D, s, d, attn, ("gamma", "copy"), "torch")
-        else:
-            dd += _layer(D, f"{s}.conv_1.conv", f"{d}.conv1", "torch") + _layer(D, f"{s}.conv_2.conv", f"{d}.conv2", "torch")
-            if block.shortcut is not None:
-                dd += _layer(D, f"{s}.shortcut.conv", f"{d}.shortcut", "torch")
-    dd += _layer(D, "decision", "head", "torch")
-    if D.cfg.num_classes:
-        dd += _layer(D, "proj_y", "embed", "torch")
-    return g, dd
+            out += _layer(D, n.d_head, "head", "torch")
+            if D.cfg.num_classes:
+                out += _layer(D, n.d_embed, "embed", "torch")
+        tables.append(out)
+    return tables[0], tables[1]
 
 
 def heykeetae_table(G: nn.Module, D: nn.Module) -> tuple[list[Entry], list[Entry]]:
@@ -592,7 +586,7 @@ HEYKEETAE_NAME = re.compile(r"(\d+)_(G|D)\.pth$")
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder stands for its StudioGAN/heykeetae files (best ones first, newest step)."""
+    """Files as given; a folder stands for its StudioGAN/heykeetae files (best ones first, newest step) or its one .pth file."""
     out: list[Path] = []
     for p in paths:
         if not p.is_dir():
@@ -609,7 +603,12 @@ def _expand(paths: list[Path]) -> list[Path]:
             step = max(int(m.group(1)) for m, _ in hk)
             out += [q for m, q in hk if int(m.group(1)) == step]
             continue
-        raise CheckpointError(f"{p} is a folder without StudioGAN (model=G-…pth) or heykeetae ({{step}}_G.pth) files; name the files")
+        single = sorted(p.glob("*.pth"))
+        if len(single) == 1:  # download.sh's data/checkpoints/mmgen_<name>/ holds one published file
+            out += single
+            continue
+        raise CheckpointError(f"{p} is a folder without StudioGAN (model=G-…pth) or heykeetae ({{step}}_G.pth) files or a "
+                              f"single .pth file; name the files")
     return out
 
 
@@ -741,9 +740,9 @@ def _read_heykeetae(loaded: dict[Path, Any]) -> Foreign:
 def tables_for(src: Foreign, G: nn.Module, D: nn.Module) -> tuple[list[Entry], list[Entry]]:
     _check_arch(G.cfg, src.format)
     if src.format == "studiogan":
-        return studiogan_table(G, D, src.old_cbn)
+        return resnet_table(G, D, _studiogan_names(src.old_cbn))
     if src.format == "mmgen":
-        return mmgen_table(G, D)
+        return resnet_table(G, D, MMGEN_NAMES)
     return heykeetae_table(G, D)
 
 

@@ -8,8 +8,8 @@ code: `python main.py --train false --version NAME` samples, evaluates and looks
 source files, their SHA-256 and the format are recorded in the checkpoint (`source`) and in
 `training_options.json`.
 
-SOURCE is one file (MMGeneration/mmagic), the G, D (and G_ema) files (StudioGAN, heykeetae), or a
-folder holding them. The format is detected from each file's structure; `--from` insists on one.
+SOURCE is one file (MMGeneration/mmagic), the G, D (and G_ema) files (StudioGAN, heykeetae), a
+folder holding them, or the name of a file that `bash download.sh mmgen_<name>` fetched. The format is detected from each file's structure; `--from` insists on one.
 The model comes from the flags (a preset and overrides); every tensor goes through the key tables in
 `checkpoints.py`, and a file that does not fit the model is refused with one line that lists the
 missing, unexpected and mis-shaped keys. Adam states are carried over when the source has them and
@@ -24,6 +24,7 @@ Exit codes: 0 written; 2 an error explained on one line.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from argparse import Namespace
@@ -32,6 +33,7 @@ from typing import Sequence
 
 import checkpoints
 from checkpoints import CheckpointError, Foreign
+from metrics import file_sha256
 from parameter import explicit_flags, get_parameters
 
 
@@ -53,6 +55,19 @@ def split_argv(argv: Sequence[str]) -> tuple[list[Path], Namespace, list[str]]:
     n = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
     own, rest = convert_parser().parse_known_args(argv[n:])
     return [Path(a) for a in argv[:n]], own, rest
+
+
+def resolve_sources(sources: list[Path], image_path: str) -> list[Path]:
+    """A source that is no path but a download.sh name (mmgen_<name>) is its folder under <data>/checkpoints/."""
+    out = []
+    for s in sources:
+        if not s.exists() and re.fullmatch(r"mmgen_\w+", str(s)):
+            folder = Path(os.environ.get("SAGAN_DATA_DIR", image_path)) / "checkpoints" / str(s)
+            if not folder.is_dir():
+                raise CheckpointError(f"{s} is not downloaded ({folder} does not exist); run: bash download.sh {s}")
+            s = folder
+        out.append(s)
+    return out
 
 
 def num_classes_of(src: Foreign) -> int:
@@ -94,12 +109,12 @@ def convert(argv: Sequence[str]) -> Path:
     given = explicit_flags(rest)
     if "version" not in given:
         raise CheckpointError("pass --version NAME: the converted checkpoint goes to <model_save_path>/NAME/")
-    src = checkpoints.read_foreign(sources, own.fmt)
+    args = get_parameters(rest)
+    src = checkpoints.read_foreign(resolve_sources(sources, args.image_path), own.fmt)
     if own.channel_order != "auto":
         if src.format != "mmgen":
             raise CheckpointError("--channel_order applies to MMGeneration/mmagic files only (the others are RGB)")
         src.bgr = own.channel_order == "bgr"
-    args = get_parameters(rest)
     classes = num_classes_of(src)
     if args.num_classes >= 0 and args.num_classes != classes:
         raise CheckpointError(f"the source's D has {classes} classes, the flags give --num_classes {args.num_classes}")
@@ -151,7 +166,7 @@ def convert(argv: Sequence[str]) -> Path:
     trainer.step = iteration // args.n_dis if src.format == "mmgen" else iteration
     trainer.source = {
         "format": src.format,
-        "files": {role: {"path": str(p.resolve()), "sha256": checkpoints.sha256(p)} for role, p in src.files.items()},
+        "files": {role: {"path": str(p.resolve()), "sha256": file_sha256(p)} for role, p in src.files.items()},
         "iteration": src.iteration, "channel_order": "bgr" if src.bgr else "rgb", "notes": notes,
     }
     path = trainer.save()

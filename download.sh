@@ -6,6 +6,9 @@
 #   bash download.sh cifar10              -> data/cifar-10-batches-py/               (163 MB)
 #   bash download.sh inception            -> data/weights-inception-2015-12-05-6726825d.pth (91 MB)
 #                                            the TF-Inception weights that metrics.py (IS/FID) reads
+#   bash download.sh mmgen_<name>         -> data/checkpoints/mmgen_<name>/<published file name>
+#                                            an OpenMMLab SAGAN/SNGAN-proj checkpoint (names: bash download.sh mmgen)
+#                                            for `python convert.py mmgen_<name> ...`
 #
 # Downloads go to <file>.part and resume after an interruption (curl -C -); a server that refuses to
 # resume gets a fresh download. Archives are verified before unpacking: MD5 where the dataset
@@ -13,12 +16,13 @@
 # set SAGAN_LSUN_MD5 to check one), and the SHA-256 prefix that the Inception file's name carries (the
 # torch.hub convention). Unpacking refuses members with absolute paths or '..'.
 # Base URLs and checksums can be overridden: SAGAN_CELEBA_URL, SAGAN_CELEBA_MD5, SAGAN_LSUN_BASE,
-# SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5, SAGAN_INCEPTION_URL, SAGAN_INCEPTION_SHA256. Only https is used (plain http only for
+# SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5, SAGAN_INCEPTION_URL, SAGAN_INCEPTION_SHA256,
+# SAGAN_MMGEN_BASE, SAGAN_MMGEN_SHA256. Only https is used (plain http only for
 # 127.0.0.1/localhost, which the tests serve from).
 set -euo pipefail
 
 usage() {
-    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | inception   (into \${SAGAN_DATA_DIR:-./data})" >&2
+    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | inception | mmgen_<name>   (into \${SAGAN_DATA_DIR:-./data})" >&2
     exit 2
 }
 
@@ -32,7 +36,32 @@ CIFAR10_MD5="${SAGAN_CIFAR10_MD5-c58f30108f718f92721af3b95e74349a}"
 INCEPTION_NAME="weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL="${SAGAN_INCEPTION_URL:-https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/$INCEPTION_NAME}"
 INCEPTION_SHA256="${SAGAN_INCEPTION_SHA256-6726825d}"
+MMGEN_BASE="${SAGAN_MMGEN_BASE:-https://download.openmmlab.com/mmediting}"
 PYTHON="${PYTHON:-python3}"
+
+# The OpenMMLab model zoo's SAGAN and SNGAN-projection files (README, "Published checkpoints"):
+# short name, path under $MMGEN_BASE. The last 8 hex digits of each name are its SHA-256 prefix.
+MMGEN_FILES="
+sagan_cifar10_32_woinplace_is sagan/sagan_cifar10_32_lr2e-4_ndisc5_b64x1_woReUinplace_is-iter400000_20210730_125743-4008a9ca.pth
+sagan_cifar10_32_woinplace_fid sagan/sagan_cifar10_32_lr2e-4_ndisc5_b64x1_woReUinplace_fid-iter480000_20210730_125449-d50568a4.pth
+sagan_cifar10_32_winplace_is sagan/sagan_cifar10_32_lr2e-4_ndisc5_b64x1_wReLUinplace_is-iter380000_20210730_124937-c77b4d25.pth
+sagan_cifar10_32_winplace_fid sagan/sagan_cifar10_32_lr2e-4_ndisc5_b64x1_wReLUinplace_fid-iter460000_20210730_125155-cbefb354.pth
+sagan_imagenet_128_woinplace_is sagan/sagan_imagenet1k_128_Glr1e-4_Dlr4e-4_ndisc1_b32x4_woReLUinplace_is-iter980000_20210730_163140-cfbebfc6.pth
+sagan_imagenet_128_woinplace_fid sagan/sagan_imagenet1k_128_Glr1e-4_Dlr4e-4_ndisc1_b32x4_woReLUinplace_fid-iter950000_20210730_163431-d7916963.pth
+sagan_imagenet_128_biggan sagan/sagan_128_woReLUinplace_noaug_bigGAN_imagenet1k_b32x8_Glr1e-4_Dlr-4e-4_ndisc1_20210818_210232-3f5686af.pth
+sagan_cifar10_32_studiogan sagan/sagan_32_cifar10_convert-studio-rgb_20210730_153321-080da7e2.pth
+sagan_imagenet_128_studiogan sagan/sagan_128_imagenet1k_convert-studio-rgb_20210730_153357-eddb0d1d.pth
+sngan_proj_cifar10_32_woinplace_is sngan_proj/sngan_proj_cifar10_32_lr-2e-4_b64x1_woReLUinplace_is-iter400000_20210709_163823-902ce1ae.pth
+sngan_proj_cifar10_32_woinplace_fid sngan_proj/sngan_proj_cifar10_32_lr-2e-4_b64x1_woReLUinplace_fid-iter490000_20210709_163329-ba0862a0.pth
+sngan_proj_cifar10_32_winplace_is sngan_proj/sngan_proj_cifar10_32_lr-2e-4_b64x1_wReLUinplace_is-iter490000_20210709_202230-cd863c74.pth
+sngan_proj_cifar10_32_winplace_fid sngan_proj/sngan_proj_cifar10_32_lr-2e-4-b64x1_wReLUinplace_fid-iter490000_20210709_203038-191b2648.pth
+sngan_proj_imagenet_128_woinplace_is sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4_Dlr5e-5_ndisc5_b128x2_woReLUinplace_is-iter952000_20210730_132027-9c884a21.pth
+sngan_proj_imagenet_128_woinplace_fid sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4_Dlr5e-5_ndisc5_b128x2_woReLUinplace_fid-iter988000_20210730_131424-061bf803.pth
+sngan_proj_imagenet_128_winplace_is sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4_Dlr5e-5_ndisc5_b128x2_wReLUinplace_is-iter944000_20210730_132714-ca0ccd07.pth
+sngan_proj_imagenet_128_winplace_fid sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4_Dlr5e-5_ndisc5_b128x2_wReLUinplace_fid-iter988000_20210730_132401-9a682411.pth
+sngan_proj_cifar10_32_studiogan sngan_proj/sngan_cifar10_convert-studio-rgb_20210709_111346-2979202d.pth
+sngan_proj_imagenet_128_studiogan sngan_proj/sngan_imagenet1k_convert-studio-rgb_20210709_111406-877b1130.pth
+"
 
 die() {
     echo "download.sh: $*" >&2
@@ -158,6 +187,23 @@ case "$name" in
         fetch "$INCEPTION_URL" "$DATA_DIR/$INCEPTION_NAME"
         verify sha256 "$DATA_DIR/$INCEPTION_NAME" "$INCEPTION_SHA256"
         echo "Inception weights are in $DATA_DIR/$INCEPTION_NAME; main.py finds them there (or pass --inception_weights)"
+        ;;
+    mmgen | mmgen_*)
+        [ $# -eq 1 ] || usage
+        short="${name#mmgen_}"
+        rel="$(printf '%s\n' "$MMGEN_FILES" | awk -v n="$short" '$1 == n { print $2 }')"
+        if [ "$name" = mmgen ] || [ -z "$rel" ]; then
+            [ "$name" = mmgen ] || echo "download.sh: unknown checkpoint '$name'" >&2
+            echo "OpenMMLab checkpoints (bash download.sh mmgen_<name>):" >&2
+            printf '%s\n' "$MMGEN_FILES" | awk 'NF { print "  mmgen_" $1 }' >&2
+            exit 2
+        fi
+        file="${rel##*/}"
+        dest="$DATA_DIR/checkpoints/$name/$file"
+        fetch "$MMGEN_BASE/$rel" "$dest"
+        hash="${file##*-}"
+        verify sha256 "$dest" "${SAGAN_MMGEN_SHA256-${hash%.pth}}"
+        echo "$name is in $DATA_DIR/checkpoints/$name/; convert it with: python convert.py $name --version $short --preset ... (README, 'Published checkpoints')"
         ;;
     *)
         echo "download.sh: unknown dataset '$name'" >&2

@@ -102,7 +102,8 @@ _STUDIOGAN = dict(arch="resnet", num_classes=-1, init="ortho", flip=True, cbn_sn
 PRESETS: dict[str, dict] = {
     # MMGeneration configs/sagan, configs/sngan_proj (CIFAR-10, 64x1, 500k MM iterations = 100k G steps)
     "sagan_cifar10_32": {**_MM_CIFAR, "g_attn": (16,), "d_attn": (16,)},
-    "sngan_proj_cifar10_32": {**_MM_CIFAR, "g_attn": (), "d_attn": (), "g_sn": False},
+    # SNGAN-proj's G has no SN, and MMGeneration's CBN tables follow it (with_embedding_spectral_norm = with_spectral_norm)
+    "sngan_proj_cifar10_32": {**_MM_CIFAR, "g_attn": (), "d_attn": (), "g_sn": False, "cbn_sn": False},
     # StudioGAN CIFAR10/SAGAN.yaml (attention G loc 2, D loc 1: 16x16) and ImageNet/SAGAN-256.yaml (G loc 4, D loc 1: 64x64)
     "studiogan_sagan_cifar10_32": {**_STUDIOGAN, "dataset": "cifar10", "imsize": 32, "global_batch": 64, "g_lr": 2e-4, "d_lr": 2e-4,
                                    "beta1": 0.5, "beta2": 0.999, "n_dis": 5, "total_step": 100_000, "g_attn": (16,), "d_attn": (16,)},
@@ -117,7 +118,7 @@ PRESETS: dict[str, dict] = {
                                   "ema_start": 2000, "sn_eps": 1e-8, "bn_eps": 1e-5},
     # MMGeneration's ImageNet SNGAN-projection (128x2, lr G 2e-4 / D 5e-5 as configured, 5 D steps, 500k G steps)
     "sngan_proj_imagenet_128": {**_IMAGENET, "g_attn": (), "d_attn": (), "g_sn": False, "g_lr": 2e-4, "d_lr": 5e-5,
-                                "n_dis": 5, "total_step": 500_000, "init": "ortho", "flip": True, "cbn_sn": True, "bn_eps": 1e-4},
+                                "n_dis": 5, "total_step": 500_000, "init": "ortho", "flip": True, "cbn_sn": False, "bn_eps": 1e-4},
     # heykeetae's CelebA and LSUN church runs (its model and optimiser; the non-local fork's FIDs are at 100k steps)
     "sagan_celeb_64": {**_PORT_64, "dataset": "celeb"},
     "sagan_lsun_64": {**_PORT_64, "dataset": "lsun", "lsun_category": "church_outdoor"},

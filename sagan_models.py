@@ -13,9 +13,13 @@ What each part matches:
 - `SelfAttention(variant="paper")`: the arXiv v1 text of eq. (1)-(3), as heykeetae/Self-Attention-GAN
   implements it. Its 1x1 convs have biases: query C->C/8, key C->C/8, value C->C. It has no pooling
   and no output conv.
-- ResNet G and D: StudioGAN `src/models/resnet.py`, which equals the official `generator_test` and
-  `discriminator_test` at 128 px. One table per resolution below gives the channels (multiples of
-  `conv_dim`) and where D downsamples. Class-conditional BN in G and a projection head in D (Miyato
+- ResNet G and D: the official `generator_test` and `discriminator_test` at 128 px, and
+  MMGeneration's `SNGANGenerator`/`ProjDiscriminator` (its "woReLUinplace" rows) at every size.
+  StudioGAN's `src/models/resnet.py` is the same except for one detail of D: its `DiscBlock` applies
+  an in-place ReLU to the block input, which the shortcut then reads, so its shortcut receives
+  relu(x). That is `d_relu_shortcut=True` (also MMGeneration's "wReLUinplace" rows). Checkpoints of
+  all three load exactly (`checkpoints.py`). One table per resolution below gives the channels
+  (multiples of `conv_dim`) and where D downsamples. Class-conditional BN in G and a projection head in D (Miyato
   and Koyama 2018) are used when `num_classes > 0`.
 - DCGAN G and D: heykeetae's `sagan_models.py` (conv-transpose G, LeakyReLU(0.1) D), generalised from
   64 px to 32-256 px. Channels at feature size r are conv_dim * imsize / (2r), so 64 px gives exactly
@@ -55,9 +59,12 @@ them too):
    StudioGAN's choice. The parameter count is the same either way.
 2. BN uses batch statistics in training and running averages (PyTorch momentum 0.1) in eval mode. The
    official BN always uses batch statistics, with eps 1e-5 (our default). StudioGAN and MMGeneration
-   use eps 1e-4.
-3. The DCGAN model spectrally normalises every layer, including the attention convs and the output
-   layers that heykeetae leaves plain, as the paper applies SN to all layers of G and D. A conditional
+   use eps 1e-4 (MMGeneration's BigGAN-schedule config 1e-5).
+3. The DCGAN model spectrally normalises every layer by default (`sn_layers="all"`), including the
+   attention convs and the output layers that heykeetae leaves plain, as the paper applies SN to all
+   layers of G and D. `sn_layers="port"` is heykeetae's placement (the up/down convs only) and
+   `convt_sn_dim=0` its ConvTranspose matrix (in, out*k*k) instead of torch's (out, in*k*k); the
+   presets that reproduce its runs use both, and its checkpoints then load unchanged. A conditional
    DCGAN (CBN in G, projection in D) is our extension, since heykeetae has none.
 4. Attention placement at 128 px defaults to feat64 (StudioGAN, MMGeneration, BigGAN-PyTorch, the
    paper's headline 52.52/18.65 row). The official training script wires feat32: pass
@@ -359,7 +366,7 @@ class SelfAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# ResNet blocks (StudioGAN resnet.py / official generator_test, discriminator_test)
+# ResNet blocks (official generator_test, discriminator_test; MMGeneration; StudioGAN with relu_shortcut)
 
 
 class GBlock(nn.Module):

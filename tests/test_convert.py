@@ -23,6 +23,7 @@ import checkpoints
 import convert
 import fakedata
 from checkpoints import CheckpointError, load_checkpoint
+from metrics import file_sha256
 from parameter import get_parameters
 from sagan_models import Discriminator, Generator, ModelConfig
 from trainer import Trainer, model_config
@@ -177,7 +178,7 @@ def test_optimizer_states_are_carried_over_exactly(workdir: Path) -> None:
     assert ckpt["source"]["format"] == "studiogan"
     assert set(ckpt["source"]["files"]) == {"G", "D", "G_ema"}
     for f in ckpt["source"]["files"].values():
-        assert f["sha256"] == checkpoints.sha256(Path(f["path"]))
+        assert f["sha256"] == file_sha256(Path(f["path"]))
     options = json.loads(Path("models/opt/training_options.json").read_text())
     assert options["source"]["format"] == "studiogan" and options["step"] == 2
 

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 
 import fakedata
 from data_loader import build_dataset
@@ -152,3 +154,42 @@ def test_inception_weights_download_and_hash(tmp_path: Path, server: tuple[str, 
     r = _run(tmp_path, "inception", SAGAN_INCEPTION_URL=f"{url}/{WEIGHTS_NAME}")  # the real file's prefix, 6726825d
     assert r.returncode == 1 and "checksum mismatch" in r.stderr and "6726825d" in r.stderr
     assert not (tmp_path / "data" / WEIGHTS_NAME).exists()
+
+
+def _mmgen_names() -> dict[str, str]:
+    """download.sh's table: short name -> path under the OpenMMLab base URL."""
+    text = SCRIPT.read_text().split('MMGEN_FILES="', 1)[1].split('"', 1)[0]
+    return dict(line.split() for line in text.strip().splitlines())
+
+
+def test_mmgen_checkpoint_download_then_convert(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bash download.sh mmgen_<name>` stores the file where `convert.py mmgen_<name>` finds it, checked
+    against the SHA-256 prefix in its name (overridden here: the served file is a tiny stand-in)."""
+    import convert
+
+    names = _mmgen_names()
+    assert len(names) == 19 and all(re.search(r"-[0-9a-f]{8}\.pth$", rel) for rel in names.values())
+    readme = (SCRIPT.parent / "README.md").read_text()
+    assert all(f"mmgen_{n}" in readme for n in names), "every downloadable checkpoint is in the README table"
+    url, served = server
+    rel = names["sagan_cifar10_32_woinplace_fid"]
+    (served / rel).parent.mkdir(parents=True)
+    tiny = SCRIPT.parent / "tests/data/peer_checkpoints/mmagic_cifar10_sagan_tiny/mmgen0x_published.pth"
+    (served / rel).write_bytes(tiny.read_bytes())
+    digest = hashlib.sha256(tiny.read_bytes()).hexdigest()
+    r = _run(tmp_path, "mmgen_sagan_cifar10_32_woinplace_fid", SAGAN_MMGEN_BASE=url, SAGAN_MMGEN_SHA256=digest[:8])
+    assert r.returncode == 0, r.stderr
+    stored = tmp_path / "data/checkpoints/mmgen_sagan_cifar10_32_woinplace_fid" / Path(rel).name
+    assert stored.is_file() and "SHA256 ok" in r.stdout
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAGAN_DATA_DIR", str(tmp_path / "data"))
+    assert convert.main(["mmgen_sagan_cifar10_32_woinplace_fid", "--version", "zoo", "--preset", "sagan_cifar10_32",
+                         "--g_conv_dim", "4", "--d_conv_dim", "8", "--z_dim", "32"]) == 0
+    ckpt = torch.load(tmp_path / "models/zoo/2.pt", weights_only=True)
+    assert ckpt["source"]["files"]["G+D"]["sha256"] == digest and ckpt["source"]["channel_order"] == "bgr"
+    stored.unlink()
+    r = _run(tmp_path, "mmgen_sagan_cifar10_32_woinplace_fid", SAGAN_MMGEN_BASE=url)  # the real file's prefix, d50568a4
+    assert r.returncode == 1 and "checksum mismatch" in r.stderr and "d50568a4" in r.stderr
+    assert not stored.exists()
+    r = _run(tmp_path, "mmgen_nope")
+    assert r.returncode == 2 and "unknown checkpoint 'mmgen_nope'" in r.stderr and "mmgen_sagan_imagenet_128_biggan" in r.stderr

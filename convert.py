@@ -133,6 +133,9 @@ def convert(argv: Sequence[str]) -> Path:
             args.ema_decay = src.ema_decay
         if src.ema_start_iter is not None and "ema_start" not in given:
             args.ema_start = src.ema_start_iter // (args.n_dis if src.format == "mmgen" else 1)
+    folder = Path(args.model_save_path) / args.version
+    if checkpoints.step_numbers(folder) or (folder / "latest").exists():
+        raise CheckpointError(f"{folder} already holds checkpoints; pick another --version (nothing was overwritten)")
     cfg = model_config(args, classes)
     args.device = "cpu"
     trainer = Trainer(args, cfg)

@@ -183,6 +183,16 @@ def test_optimizer_states_are_carried_over_exactly(workdir: Path) -> None:
     assert options["source"]["format"] == "studiogan" and options["step"] == 2
 
 
+def test_an_existing_run_is_never_overwritten(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    run_convert("heykeetae_64", "twice")
+    before = Path("models/twice/2.pt").read_bytes()
+    folder, sources, flags, _ = CASES["heykeetae_64"]
+    assert convert.main([str(DATA / folder / s) for s in sources] + ["--version", "twice"] + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds checkpoints" in err
+    assert Path("models/twice/2.pt").read_bytes() == before
+
+
 def test_bgr_optimizer_moments_follow_the_channel_flip(workdir: Path) -> None:
     run_convert("mmagic1x_cifar10", "bgr")
     ckpt = load_checkpoint(Path("models/bgr/2.pt"))

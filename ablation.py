@@ -4,10 +4,11 @@
     python ablation.py --steps 300     # a quicker, noisier pass
 
 Every variant is the `demo` preset (class-conditional ResNet SAGAN, 32 px, `shapes`) with the same
-seed and number of steps; only attention placement and span change. The score needs no download: a
-small CNN is trained on `shapes` itself (held-out accuracy printed), then applied to class-conditional
-samples of each generator (`metrics.generate`: 2,000 fixed latents, uniform labels, G in eval mode).
-"Class accuracy" is the fraction of samples that the classifier assigns to the class G was asked for.
+seed and number of steps; only attention placement and span change. The score needs no download: the
+offline classifier metric (`classifier.py`) trains a small CNN on `shapes` itself (held-out accuracy
+printed) and applies it to 2,000 class-conditional samples of each generator (fixed latents, uniform
+labels, G in eval mode). "Class accuracy" (`cls_acc`) is the fraction of samples that the classifier
+assigns to the class G was asked for; GAN-train accuracy and the classifier-feature FD are recorded too.
 This is a smoke test of the machinery (attention, span masks, conditioning), not a paper result:
 `shapes` is a toy dataset and one seed per variant says nothing about significance.
 """
@@ -22,11 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
 
-from data_loader import SHAPE_CLASSES, Shapes
+from classifier import ClassifierEvaluator
+from data_loader import SHAPE_CLASSES, SHAPES_SEED, Shapes
 from main import main as run_main
-from metrics import generate
 from parameter import get_parameters
 from trainer import Trainer, attention_gammas, model_config
 
@@ -40,55 +40,11 @@ VARIANTS: list[tuple[str, str]] = [
 ]
 
 
-class ShapeClassifier(nn.Sequential):
-    """conv-ReLU-pool x3, linear: 32 px RGB -> 4 shape classes."""
-
-    def __init__(self) -> None:
-        layers: list[nn.Module] = []
-        for cin, cout in ((3, 16), (16, 32), (32, 64)):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        super().__init__(*layers, nn.Flatten(), nn.Linear(64 * 4 * 4, len(SHAPE_CLASSES)))
-
-
-def as_input(x_uint8: Tensor) -> Tensor:
-    return x_uint8.float() / 127.5 - 1.0
-
-
-def train_classifier(path: Path, epochs: int = 3, seed: int = 0) -> tuple[ShapeClassifier, float]:
-    """Train on the 10,000 `shapes` images (or load from `path`); accuracy on 2,000 held-out ones."""
-    torch.manual_seed(seed)
-    net = ShapeClassifier()
-    test = Shapes(32, size=2000, seed=7)
-    if path.is_file():
-        net.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        train = Shapes(32)
-        opt = torch.optim.Adam(net.parameters(), 1e-3)
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(train), generator=g).split(128):
-                loss = nn.functional.cross_entropy(net(as_input(train.images[idx])), train.labels[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), path)
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(as_input(test.images[i:i + 500])).argmax(1) for i in range(0, len(test), 500)])
-    return net, (pred == test.labels).float().mean().item()
-
-
-@torch.no_grad()
-def class_accuracy(G: nn.Module, net: nn.Module, n: int = 2000) -> tuple[float, list[float]]:
-    """Overall and per-class fraction of G's samples that the classifier puts in the requested class."""
-    hits, labels = [], []
-    for imgs, y in generate(G, n, 250, torch.device("cpu")):
-        hits.append(net(as_input(imgs)).argmax(1) == y)
-        labels.append(y)
-    hit, lab = torch.cat(hits).float(), torch.cat(labels)
-    per_class = [hit[lab == c].mean().item() for c in range(len(SHAPE_CLASSES))]
-    return hit.mean().item(), per_class
+def shapes_evaluator(out: Path) -> ClassifierEvaluator:
+    """The offline classifier metric (classifier.py) for `shapes` at 32 px: trained on the 10,000 images,
+    held-out accuracy on 2,000 others; cached in `out`."""
+    return ClassifierEvaluator(Shapes(32), Shapes(32, size=2000, seed=SHAPES_SEED + 1), "shapes", 32, len(SHAPE_CLASSES),
+                               torch.device("cpu"), out, n_ref=0)
 
 
 def run_variant(name: str, flags: str, steps: int, out: Path, seed: int) -> dict:
@@ -116,13 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=str, default="ablation")
     a = p.parse_args(argv)
     out = Path(a.out)
-    net, held_out = train_classifier(out / "shape_classifier.pt")
+    evaluator = shapes_evaluator(out)
+    held_out = evaluator.test_acc
     print(f"shape classifier: {held_out:.1%} on 2,000 held-out shapes images", flush=True)
     rows = []
     for name, flags in VARIANTS:
         r = run_variant(name, flags, a.steps, out, a.seed)
-        acc, per_class = class_accuracy(r.pop("G"), net)
-        r.update({"class_accuracy": acc, "per_class": per_class})
+        m = evaluator(r.pop("G"), 2000)["metrics"]
+        acc, per_class = m["cls_acc"], m["cls_acc_per_class"]
+        r.update({"class_accuracy": acc, "per_class": per_class, "gan_train_acc": m["gan_train_acc"], "fid_cls": m["fid_cls"]})
         rows.append(r)
         print(f"{name}: class accuracy {acc:.1%} ({r['minutes']} min)", flush=True)
     (out / "results.json").write_text(json.dumps({"steps": a.steps, "seed": a.seed, "classifier_held_out": held_out,

@@ -17,6 +17,15 @@ achieved FLOP/s, and that as a fraction of a dense matmul measured on the same d
 
 Real images are a fixed random batch on the device, so data loading is not timed; the optimizer
 steps, spectral-norm power iterations and label sampling are.
+
+    python bench.py --time_to_acc 300 --preset fmnist_32 --compare "base:|bs64:--batch_size 64"
+
+`--time_to_acc SECONDS` measures time to quality instead, for labelled datasets with the classifier
+metric (`classifier.py`): each variant trains through the real loader and `Trainer.iteration` (data
+loading timed) for at most SECONDS of training, and every `--acc_every` steps the class accuracy of
+`--acc_samples` conditional samples of the sampling G (the EMA one with --ema) is measured, with that
+time left off the clock. Printed: median seconds per step, and the training seconds (and step) at
+which the accuracy first reached 50%, 75% and 85%.
 """
 
 from __future__ import annotations
@@ -154,6 +163,43 @@ def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
     return rows
 
 
+def time_to_accuracy(argv: Sequence[str], budget_s: float, every: int, n_samples: int,
+                     targets: Sequence[float] = (0.5, 0.75, 0.85)) -> dict:
+    """Train one variant on its real data for up to `budget_s` seconds (evaluation excluded), checking the
+    classifier metric's class accuracy every `every` steps; stops early once the last target is reached."""
+    from data_loader import build_dataset, get_loader
+    from main import build_evaluator
+
+    args = get_parameters(list(argv) + ["--eval_metric", "classifier"])
+    device = resolve_device(args.device)
+    dataset, classes = build_dataset(args)
+    trainer = Trainer(args, model_config(args, classes), get_loader(args, dataset, device))
+    evaluator = None  # built at the first check, so that speed-only runs (--acc_every > steps) need no test split
+    batches = trainer.batches()
+    trainer.G.train()
+    trainer.D.train()
+    train_s, step_s, curve, reached = 0.0, [], [], {}
+    while train_s < budget_s:
+        t0 = time.perf_counter()
+        trainer.iteration(batches)
+        sync(device)
+        step_s.append(time.perf_counter() - t0)
+        train_s += step_s[-1]
+        if trainer.step % every == 0:
+            evaluator = evaluator or build_evaluator(args, device, dataset)
+            acc = evaluator.class_accuracy(trainer.G_eval, n_samples)
+            curve.append((trainer.step, round(train_s, 1), acc))
+            print(f"  step {trainer.step} ({train_s:.0f} s of training): class accuracy {acc:.1%}", flush=True)
+            for t in targets:
+                if acc >= t and t not in reached:
+                    reached[t] = (round(train_s), trainer.step)
+            if len(reached) == len(targets):
+                break
+    return {"s_per_step": statistics.median(step_s), "steps": trainer.step, "train_s": round(train_s),
+            "reached": {f"{t:.0%}": reached.get(t) for t in targets}, "curve": curve,
+            "final_acc": curve[-1][2] if curve else float("nan")}
+
+
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     if not spec:
         return [("base", [])]
@@ -174,9 +220,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=str, default=None, help="also write the results here")
     p.add_argument("--gpu_hours", type=float, default=None, metavar="TFLOPS",
                    help="instead of timing: estimated GPU hours of every preset's full run at this sustained rate")
+    p.add_argument("--time_to_acc", type=float, default=None, metavar="SECONDS",
+                   help="instead of timing iterations: train each variant for up to SECONDS, timing 50/75/85%% class accuracy")
+    p.add_argument("--acc_every", type=int, default=100, help="with --time_to_acc: steps between accuracy checks")
+    p.add_argument("--acc_samples", type=int, default=1000, help="with --time_to_acc: samples per accuracy check")
     own, rest = p.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
+    if own.time_to_acc:
+        rows = []
+        for vname, flags in parse_compare(own.compare):
+            print(f"{vname}: {' '.join(list(rest) + flags)}", flush=True)
+            r = time_to_accuracy(list(rest) + flags, own.time_to_acc, own.acc_every, own.acc_samples)
+            r.update(name=vname, flags=" ".join(flags))
+            rows.append(r)
+            if own.json:
+                with open(own.json, "w") as f:
+                    json.dump({"base": rest, "budget_s": own.time_to_acc, "results": rows}, f, indent=2)
+        print(f"| variant | flags | s/step | time to 50% | time to 75% | time to 85% | accuracy at the end (steps) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            cells = " | ".join(f"{v[0]} s (step {v[1]})" if v else f"not in {r['train_s']} s" for v in r["reached"].values())
+            print(f"| {r['name']} | `{r['flags']}` | {r['s_per_step']:.3f} | {cells} | {r['final_acc']:.1%} ({r['steps']}) |")
+        return 0
     if own.gpu_hours:
         from parameter import PRESETS
 

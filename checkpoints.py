@@ -56,7 +56,9 @@ from metrics import file_sha256
 from sagan_models import DBlock, ModelConfig, SelfAttention
 
 CHECKPOINT_FORMAT = 1
-NAMED_CHECKPOINTS = ("best_fid", "best_is")  # kept by --eval_step, as the paper's tables report best-FID/IS steps
+# Kept by --eval_step, as the papers' tables report best-FID/IS steps (Inception metrics), or the best
+# class accuracy / classifier-feature FD (the offline classifier metric, classifier.py).
+NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls")
 FORMATS = ("studiogan", "mmgen", "heykeetae")
 
 
@@ -80,7 +82,7 @@ def step_numbers(folder: Path) -> list[int]:
 
 
 def checkpoint_path(folder: Path, which: str) -> Path:
-    """`which` is a step number, 'latest', 'best_fid' or 'best_is'."""
+    """`which` is a step number, 'latest', or one of NAMED_CHECKPOINTS."""
     steps = step_numbers(folder)
     if which == "latest":
         pointer = folder / "latest"

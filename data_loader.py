@@ -10,6 +10,7 @@ unlabelled). Random flips are applied per batch by the trainer (`--flip`), not h
 | `celeb`    | `CelebA/**` (heykeetae's layout) or `celeba/img_align_celeba/`   | centre crop 160, resize (heykeetae)   | none   |
 | `lsun`     | `<category>_train_lmdb/` (the LSUN lmdb export)                  | resize short side, centre crop        | none   |
 | `cifar10`  | `cifar-10-batches-py/data_batch_{1..5}` (python pickles)         | resize if imsize != 32                | 10     |
+| `fashion_mnist` | the four idx files (gz or raw): `--data_dir`, `fashion-mnist/`, or `/usr/share/datasets/fashion-mnist/` (Debian's package) | 32 px: 2 px of zero padding; else resize; grey copied to 3 channels | 10 |
 | `imagenet` | `imagenet/train/<wnid>/*.JPEG` (ImageFolder)                     | centre crop of the long edge, resize  | per folder |
 | `folder`   | `--data_dir`: images, or one sub-folder of images per class      | centre crop of the long edge, resize  | per sub-folder, or none |
 
@@ -22,6 +23,14 @@ decoded (corrupt, truncated, not an image) is skipped: the item is replaced by t
 and marked in a shared-memory bitmap (`bad_files`), so that the trainer can warn with a count and
 stop when more than `MAX_BAD_FRACTION` of the dataset is unreadable.
 
+Fashion-MNIST (Xiao, Rasul and Vollgraf 2017) is held in memory as uint8. Its 28x28 images sit on a
+black background, so at 32 px they are padded with 2 px of zeros (black, -1 after normalisation)
+rather than resized; at other sizes they are resized (bilinear, antialiased) and rounded back to
+uint8. The grey channel is copied into the model's three. The header of every idx file is checked
+(magic number, counts 60,000/10,000, 28x28), which also covers Debian's recompressed files whose
+MD5s differ from upstream's. The train split trains the model and gives the reference statistics;
+the test split (`build_test_split`) is held out for the classifier metric (`classifier.py`).
+
 Training order (`EpochBatchSampler`): one permutation per epoch from (seed, epoch), split across
 processes as DistributedSampler does, and started at any batch of the epoch, so that a resumed run
 reads exactly the batches that an uninterrupted run would have read.
@@ -29,6 +38,7 @@ reads exactly the batches that an uninterrupted run would have read.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -309,6 +319,99 @@ class CIFAR10(Dataset):
         return x, int(self.labels[i])
 
 
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000)}
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_HOW = "install it with: apt-get install dataset-fashion-mnist (Debian/Ubuntu), or fetch it with: bash download.sh fashion_mnist"
+
+
+def idx_file(folder: Path, base: str) -> Path | None:
+    """`base` or `base.gz` in `folder`, whichever exists (the raw file first)."""
+    for p in (folder / base, folder / f"{base}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def read_idx(path: Path, images: bool, count: int | None = None) -> np.ndarray:
+    """An idx file (gzipped or not) with its header checked: magic number, 28x28 images, and `count`
+    items when given: images (N, 28, 28) or labels (N,), uint8."""
+    magic = 2051 if images else 2049
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path} cannot be read ({e}); delete it and {FMNIST_HOW}") from e
+    header = 16 if images else 8
+    got = np.frombuffer(data[:header], dtype=">i4").tolist() if len(data) >= header else []
+    n = got[1] if len(got) > 1 else -1
+    dims = (n, 28, 28) if images else (n,)
+    if got != [magic, *dims] or (count is not None and n != count):
+        want = [magic, count if count is not None else "N"] + ([28, 28] if images else [])
+        raise DatasetError(f"{path} is not the Fashion-MNIST file it should be (header {got or 'missing'}, expected "
+                           f"{want}); delete it and {FMNIST_HOW}")
+    if len(data) != header + int(np.prod(dims)):
+        raise DatasetError(f"{path} is truncated ({len(data) - header} of {int(np.prod(dims))} bytes of data); "
+                           f"delete it and {FMNIST_HOW}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def fmnist_folder(args: Namespace) -> Path:
+    """The first of --data_dir, <image_path>/fashion-mnist/, /usr/share/datasets/fashion-mnist/ holding all four files."""
+    candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.image_path) / "fashion-mnist", DEBIAN_FMNIST]
+    bases = [b for img, lab, _ in FMNIST_FILES.values() for b in (img, lab)]
+    for c in candidates:
+        if c.is_file():
+            raise DatasetError(f"--data_dir {c} is a file; pass the folder that holds the four Fashion-MNIST idx files")
+        if all(idx_file(c, b) for b in bases):
+            return c
+    raise DatasetError(f"Fashion-MNIST not found: the four idx files (train-images-idx3-ubyte[.gz], ...) are not in "
+                       f"{' or '.join(str(c) for c in candidates)}; {FMNIST_HOW}")
+
+
+class FashionMNIST(Dataset):
+    """One Fashion-MNIST split in memory: uint8 (N, 1, imsize, imsize), labels 0-9 (`FMNIST_CLASSES`)."""
+
+    num_classes = 10
+    class_names = FMNIST_CLASSES
+
+    def __init__(self, folder: Path, imsize: int, split: str = "train") -> None:
+        img_base, lab_base, _ = FMNIST_FILES[split]  # the full counts are download.sh's check; tests use small files
+        self.files = [idx_file(folder, img_base), idx_file(folder, lab_base)]
+        images = torch.from_numpy(read_idx(self.files[0], images=True).copy())[:, None]  # (N, 1, 28, 28)
+        self.labels = torch.from_numpy(read_idx(self.files[1], images=False).astype(np.int64))
+        if len(self.labels) != len(images):
+            raise DatasetError(f"{self.files[0]} holds {len(images)} images but {self.files[1]} {len(self.labels)} labels; "
+                               f"delete them and {FMNIST_HOW}")
+        if int(self.labels.max()) >= self.num_classes:
+            raise DatasetError(f"{self.files[1]} holds labels up to {int(self.labels.max())}, not 0-9; delete it and {FMNIST_HOW}")
+        if imsize == 32:
+            images = torch.nn.functional.pad(images, (2, 2, 2, 2))  # zeros: the images' own black background
+        elif imsize != 28:
+            x = torch.nn.functional.interpolate(images.float(), size=imsize, mode="bilinear", antialias=True, align_corners=False)
+            images = x.round().clamp(0, 255).to(torch.uint8)
+        self.images = images.contiguous()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def source_files(self) -> list[Path]:
+        return list(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return (self.images[i].float() / 127.5 - 1.0).expand(3, -1, -1), int(self.labels[i])
+
+
+def build_test_split(args: Namespace) -> Dataset | None:
+    """The held-out labelled split of `args.dataset` for the classifier metric, or None when it has none."""
+    if args.dataset == "shapes":
+        return Shapes(args.imsize, size=2000, seed=SHAPES_SEED + 1)  # other seed: other images
+    if args.dataset == "fashion_mnist":
+        return FashionMNIST(fmnist_folder(args), args.imsize, "test")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -355,6 +458,9 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
         if missing:
             raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh cifar10")
         return CIFAR10(folder, imsize), CIFAR10.num_classes
+
+    if name == "fashion_mnist":
+        return FashionMNIST(fmnist_folder(args), imsize, "train"), FashionMNIST.num_classes
 
     if name == "imagenet":
         folder = data_dir or root / "imagenet" / "train"

@@ -4,6 +4,8 @@
 #   bash download.sh CelebA               -> data/CelebA/img_align_celeba/*.jpg      (1.4 GB)
 #   bash download.sh LSUN [category]      -> data/<category>_train_lmdb/             (church_outdoor: 2.3 GB)
 #   bash download.sh cifar10              -> data/cifar-10-batches-py/               (163 MB)
+#   bash download.sh fashion_mnist        -> data/fashion-mnist/*-ubyte.gz                  (30 MB)
+#                                            (nothing to fetch when Debian's dataset-fashion-mnist is installed)
 #   bash download.sh inception            -> data/weights-inception-2015-12-05-6726825d.pth (91 MB)
 #                                            the TF-Inception weights that metrics.py (IS/FID) reads
 #   bash download.sh mmgen_<name>         -> data/checkpoints/mmgen_<name>/<published file name>
@@ -17,12 +19,12 @@
 # torch.hub convention). Unpacking refuses members with absolute paths or '..'.
 # Base URLs and checksums can be overridden: SAGAN_CELEBA_URL, SAGAN_CELEBA_MD5, SAGAN_LSUN_BASE,
 # SAGAN_LSUN_MD5, SAGAN_CIFAR10_URL, SAGAN_CIFAR10_MD5, SAGAN_INCEPTION_URL, SAGAN_INCEPTION_SHA256,
-# SAGAN_MMGEN_BASE, SAGAN_MMGEN_SHA256. Only https is used (plain http only for
+# SAGAN_MMGEN_BASE, SAGAN_MMGEN_SHA256, SAGAN_FMNIST_BASE, SAGAN_FMNIST_MD5S (four MD5s, in the order below). Only https is used (plain http only for
 # 127.0.0.1/localhost, which the tests serve from).
 set -euo pipefail
 
 usage() {
-    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | inception | mmgen_<name>   (into \${SAGAN_DATA_DIR:-./data})" >&2
+    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | fashion_mnist | inception | mmgen_<name>   (into \${SAGAN_DATA_DIR:-./data})" >&2
     exit 2
 }
 
@@ -37,6 +39,16 @@ INCEPTION_NAME="weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL="${SAGAN_INCEPTION_URL:-https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/$INCEPTION_NAME}"
 INCEPTION_SHA256="${SAGAN_INCEPTION_SHA256-6726825d}"
 MMGEN_BASE="${SAGAN_MMGEN_BASE:-https://download.openmmlab.com/mmediting}"
+# Fashion-MNIST's own repository (its S3 mirror, which torchvision uses, serves plain http only).
+FMNIST_BASE="${SAGAN_FMNIST_BASE:-https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion}"
+# name and MD5 of the four files, as torchvision's FashionMNIST.resources lists them
+FMNIST_FILES="
+train-images-idx3-ubyte.gz 8d4fb7e6c68d591d4c3dfef9ec88bf0d
+train-labels-idx1-ubyte.gz 25c81989df183df01b3e8a0aad5dffbe
+t10k-images-idx3-ubyte.gz bef4ecab320f06d8554ea6380940ec79
+t10k-labels-idx1-ubyte.gz bb300cfdad3c16e7a12a480ee83cd310
+"
+DEBIAN_FMNIST="${SAGAN_FMNIST_DEBIAN_DIR:-/usr/share/datasets/fashion-mnist}"  # where dataset-fashion-mnist installs
 PYTHON="${PYTHON:-python3}"
 
 # The OpenMMLab model zoo's SAGAN and SNGAN-projection files (README, "Published checkpoints"):
@@ -181,6 +193,40 @@ case "$name" in
         [ $# -eq 1 ] || usage
         get "$CIFAR10_URL" "$DATA_DIR/cifar-10-python.tar.gz" "$CIFAR10_MD5" "$DATA_DIR"
         echo "CIFAR-10 is in $DATA_DIR/cifar-10-batches-py; train with: python main.py --dataset cifar10 --imsize 32"
+        ;;
+    fashion_mnist | fashion-mnist | FashionMNIST)
+        [ $# -eq 1 ] || usage
+        if [ -z "${SAGAN_FMNIST_BASE:-}" ] && [ -d "$DEBIAN_FMNIST" ]; then
+            # Debian's dataset-fashion-mnist recompresses the files (other MD5s): check the idx headers instead.
+            "$PYTHON" - "$DEBIAN_FMNIST" "$(cd "$(dirname "$0")" && pwd)" <<'PY' || exit 1
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])  # data_loader.py beside this script
+from data_loader import FMNIST_FILES, DatasetError, idx_file, read_idx
+folder = Path(sys.argv[1])
+try:
+    for img, lab, n in FMNIST_FILES.values():
+        for base, images in ((img, True), (lab, False)):
+            path = idx_file(folder, base)
+            if path is None:
+                raise DatasetError(f"{folder}/{base}[.gz] is missing; reinstall with: apt-get install --reinstall dataset-fashion-mnist")
+            read_idx(path, images, n)
+except DatasetError as e:
+    sys.exit(f"download.sh: {e}")
+print(f"Fashion-MNIST is installed by Debian's dataset-fashion-mnist in {folder} (idx headers ok); nothing to download")
+PY
+            echo "train with: python main.py --preset fmnist_32 (main.py reads $DEBIAN_FMNIST)"
+            exit 0
+        fi
+        k=0
+        printf '%s\n' "$FMNIST_FILES" | while read -r file md5; do
+            [ -n "$file" ] || continue
+            k=$((k + 1))
+            [ -z "${SAGAN_FMNIST_MD5S:-}" ] || md5="$(echo "$SAGAN_FMNIST_MD5S" | awk -v k="$k" '{ print $k }')"
+            fetch "$FMNIST_BASE/$file" "$DATA_DIR/fashion-mnist/$file"
+            verify md5 "$DATA_DIR/fashion-mnist/$file" "$md5"
+        done
+        echo "Fashion-MNIST is in $DATA_DIR/fashion-mnist; train with: python main.py --preset fmnist_32"
         ;;
     inception | Inception)
         [ $# -eq 1 ] || usage

@@ -20,16 +20,18 @@ import torch
 from torch.utils.data import Dataset
 
 import distributed
-from data_loader import DatasetError, build_dataset, class_folders, get_loader
+from classifier import ClassifierEvaluator
+from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader
 from distributed import LaunchError
-from metrics import EvalError, Evaluator, cache_root, count_tag, format_table, resolve_weights, write_samples
+from metrics import EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
 from checkpoints import CheckpointError, checkpoint_path, load_checkpoint, write_json_atomic
 from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
-KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000}
+KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000, "fashion_mnist": 10}
+CLASSIFIER_DATASETS = ("shapes", "fashion_mnist")  # labelled, with a held-out split: the offline classifier metric
 
 
 def resolve_num_classes(args: Namespace, dataset_classes: int) -> int:
@@ -57,20 +59,35 @@ def dry_run(args: Namespace) -> int:
     return 0
 
 
-def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | None = None) -> Evaluator:
-    """Inception weights first (a missing file fails before any data is read or sampled), then the
-    reference statistics of the training set (cached)."""
-    weights = resolve_weights(args.inception_weights, args.image_path)
+def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | None = None) -> "Evaluator | ClassifierEvaluator":
+    """The Inception metrics (weights first: a missing file fails before any data is read or sampled, then
+    the cached reference statistics of the training set), or the offline classifier metric for labelled
+    datasets with a held-out split (`--eval_metric`; auto picks Inception when its weights are found)."""
+    kind = getattr(args, "eval_metric", "auto")
+    name = f"lsun_{args.lsun_category}" if args.dataset == "lsun" else args.dataset
+    weights = None
+    if kind in ("auto", "inception"):
+        try:
+            weights = resolve_weights(args.inception_weights, args.image_path)
+        except EvalError:
+            if kind == "inception" or args.dataset not in CLASSIFIER_DATASETS:
+                raise
     if dataset is None:
         dataset, _ = build_dataset(args)
-    name = f"lsun_{args.lsun_category}" if args.dataset == "lsun" else args.dataset
-    return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
-                     args.eval_ref_samples, args.eval_batch_size, args.num_workers)
+    if weights is not None:
+        return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
+                         args.eval_ref_samples, args.eval_batch_size, args.num_workers)
+    test = build_test_split(args)
+    if test is None:
+        raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(CLASSIFIER_DATASETS)}); "
+                        f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
+    return ClassifierEvaluator(dataset, test, name, args.imsize, KNOWN_CLASSES[args.dataset], device,
+                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, args.seed)
 
 
-def report(result: dict, json_path: Path) -> None:
+def report(result: dict, json_path: Path, evaluator: "Evaluator | ClassifierEvaluator") -> None:
     """Print the evaluation table and write it as JSON (atomically)."""
-    print(format_table(result))
+    print(evaluator.format(result))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(json_path, result)
     print(f"wrote {json_path}")
@@ -82,7 +99,7 @@ def evaluate_folder(args: Namespace) -> int:
     evaluator = build_evaluator(args, resolve_device(args.device))
     result = evaluator.folder(folder)
     out = Path(args.eval_json) if args.eval_json else folder.parent / f"{folder.name}_eval_{count_tag(result['metrics']['samples'])}.json"
-    report(result, out)
+    report(result, out, evaluator)
     return 0
 
 
@@ -119,7 +136,7 @@ def sample(args: Namespace) -> int:
     if evaluator is not None:
         result = evaluator(trainer.G_eval, args.eval_samples, source=f"{path} (step {trainer.step})")
         tag = count_tag(result["metrics"]["samples"])
-        report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json")
+        report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json", evaluator)
     return 0
 
 

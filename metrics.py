@@ -357,7 +357,16 @@ def format_table(result: dict) -> str:
 
 
 class Evaluator:
-    """Loads the Inception net and the reference statistics once; `__call__(G)` scores a generator."""
+    """Loads the Inception net and the reference statistics once; `__call__(G)` scores a generator.
+
+    The interface that the trainer and main.py use (shared with `classifier.ClassifierEvaluator`):
+    `__call__(G, n, source)` and `folder(path)` return a result dict with "metrics"; `scalars(metrics)`
+    gives the TensorBoard scalars; `best` lists (checkpoint best_<name>, metric, "min"/"max");
+    `format(result)` is the plain-text table."""
+
+    best = (("fid", "fid", "min"), ("is", "is_10splits", "max"))
+    scalars = staticmethod(tensorboard_scalars)
+    format = staticmethod(format_table)
 
     def __init__(self, dataset: Dataset, dataset_name: str, imsize: int, weights: Path, device: torch.device,
                  cache_dir: Path, n_ref: int, batch_size: int = 64, num_workers: int = 0) -> None:

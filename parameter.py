@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from checkpoints import NAMED_CHECKPOINTS
 from metrics import WEIGHTS_NAME
 from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS
 
-DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder")
+DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder", "fashion_mnist")
 LOSSES = ("hinge", "wgan-gp", "ns")
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -54,13 +55,13 @@ def resolutions(v: str) -> tuple[int, ...] | None:
 
 
 def optional_step(v: str) -> str | None:
-    """--pretrained_model: a step number, 'latest', 'best_fid', 'best_is', or None."""
+    """--pretrained_model: a step number, 'latest', a best checkpoint (best_fid, best_is, best_cls_acc, best_fid_cls), or None."""
     s = v.strip()
     if s.lower() in ("none", ""):
         return None
-    if s.lower() in ("latest", "best_fid", "best_is") or s.isdigit():
+    if s.lower() in ("latest", *NAMED_CHECKPOINTS) or s.isdigit():
         return s.lower()
-    raise argparse.ArgumentTypeError(f"expected a checkpoint step number, 'latest', 'best_fid' or 'best_is', got {v!r}")
+    raise argparse.ArgumentTypeError(f"expected a checkpoint step number, 'latest' or one of {', '.join(NAMED_CHECKPOINTS)}; got {v!r}")
 
 
 def non_negative(v: str) -> int:
@@ -125,6 +126,11 @@ PRESETS: dict[str, dict] = {
     # The non-local fork's span-3 run. Its span also applies to D's 4x4 map, where it masks every key of
     # every query (the fork then silently averages uniformly); we refuse that layer, so D attends at 8 only.
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
+    # Fashion-MNIST on 2 CPU cores, tuned for time to quality (BENCHMARKS.md, "fmnist_32"; README, "Real data")
+    "fmnist_32": dict(dataset="fashion_mnist", imsize=32, arch="resnet", num_classes=-1, g_conv_dim=16, d_conv_dim=16,
+                      global_batch=32, g_lr=4e-4, d_lr=1.6e-3, beta1=0.0, beta2=0.999, n_dis=1, channels_last=True,
+                      num_workers=0, total_step=4500, log_step=100, sample_step=500, model_save_step=500, eval_step=500,
+                      eval_samples=2000, eval_metric="classifier"),
     # The README's first line
     "demo": dict(dataset="shapes", imsize=32, g_conv_dim=8, d_conv_dim=16, global_batch=16, num_workers=0, version="shapes_demo",
                  total_step=3600, sample_step=600),
@@ -202,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--compile", type=str2bool, default=False, help="torch.compile the training-mode G and D")
 
     m = p.add_argument_group("run")
-    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid' or 'best_is'")
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc' or 'best_fid_cls'")
     m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest), write a sample grid, and evaluate or write samples if asked")
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
 
@@ -238,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated samples per evaluation (training: 10000 when unset); with --train false, evaluate the checkpoint")
     e.add_argument("--eval_ref_samples", type=non_negative, default=50_000, help="real training images in the reference set (0: all)")
     e.add_argument("--eval_batch_size", type=positive_step, default=64)
+    e.add_argument("--eval_metric", type=str, default="auto", choices=("auto", "inception", "classifier"),
+                   help="inception: IS/FID/KID/PR; classifier: cls_acc/gan_train_acc/fid_cls from a classifier trained on the "
+                        "real labelled images (shapes, fashion_mnist); auto: inception when its weights are found, else classifier")
     e.add_argument("--inception_weights", type=str, default=None,
                    help="TF-Inception 2015-12-05 weights (default: $SAGAN_INCEPTION_WEIGHTS or <image_path>/" + WEIGHTS_NAME + ")")
     e.add_argument("--eval_cache_dir", type=str, default=None, help="reference-statistics cache (default: $SAGAN_CACHE_DIR or ~/.cache/sagan)")

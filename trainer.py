@@ -199,7 +199,7 @@ class Trainer:
         self.loader = loader
         self.evaluator = evaluator
         self.dist = dist or DistEnv()
-        self.best = {"fid": float("inf"), "is": float("-inf")}
+        self.best: dict[str, float] = {}  # best_<name> checkpoint -> its metric value (see the evaluator's `best`)
         self.device = distributed.device_for(self.dist, args.device)
         if self.dist.enabled and args.parallel:
             raise ValueError("--parallel (DataParallel) cannot be combined with torchrun; drop --parallel")
@@ -222,6 +222,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch = 0, 0  # data position: batches of this process consumed in the epoch
         self.last_saved: Path | None = None
         self.source: dict | None = None  # a converted checkpoint's origin (convert.py), carried into every save
+        self.train_seconds = 0.0  # time in training iterations since this process started training
         self.stop_signal: str | None = None
         self.bad_warned: str | None = None
         self.run = self.run_folders(args)
@@ -427,26 +428,27 @@ class Trainer:
 
     def evaluate(self, writer: "SummaryWriter | None" = None) -> dict:
         """Score G (the EMA one with --ema) with the evaluator, append to metrics.jsonl, log to
-        TensorBoard, keep best_fid/best_is. Rank 0 only."""
-        from metrics import append_jsonl, tensorboard_scalars
+        TensorBoard, keep the best checkpoints the evaluator names (best_fid/best_is, or best_cls_acc/best_fid_cls).
+        Rank 0 only."""
+        from metrics import append_jsonl
 
         t0 = time.perf_counter()
         n = self.args.eval_samples or DEFAULT_EVAL_SAMPLES
         result = self.evaluator(self.G_eval, n, source=f"{self.args.version} step {self.step}")
         m = result["metrics"]
-        scalars = tensorboard_scalars(m)
+        scalars = self.evaluator.scalars(m)
         record = {"step": self.step, "kimg": self.step * self.global_batch * self.args.n_dis / 1000,
+                  "train_seconds": round(self.train_seconds, 1),
                   "seconds": round(time.perf_counter() - t0, 3), **m}
         append_jsonl(self.run["models"] / "metrics.jsonl", record)
         if writer:
             for k, v in scalars.items():
                 writer.add_scalar(k, v, self.step)
-        if m["fid"] < self.best["fid"]:
-            self.best["fid"] = m["fid"]
-            self.save("best_fid")
-        if m["is_10splits"] > self.best["is"]:
-            self.best["is"] = m["is_10splits"]
-            self.save("best_is")
+        for name, key, direction in self.evaluator.best:
+            old = self.best.get(name)
+            if old is None or (m[key] < old if direction == "min" else m[key] > old):
+                self.best[name] = m[key]
+                self.save(f"best_{name}")
         print(" ".join([f"eval step {self.step}:"] + [f"{k.split('/')[1]} {v:.4f}" for k, v in scalars.items()]
                        + [f"({record['seconds']:.0f} s)"]), flush=True)
         return record
@@ -629,7 +631,9 @@ class Trainer:
         last_step_saved = self.step
         with self.stop_on_signals():
             while self.step < a.total_step:
+                t_step = time.perf_counter()
                 logs = self.iteration(batches)
+                self.train_seconds += time.perf_counter() - t_step  # data and optimizer steps, not sampling or evaluation
                 bar.update(1)
                 at_log = self.step % a.log_step == 0 or self.step == a.total_step
                 if at_log:

@@ -15,6 +15,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,42 @@ def test_mmgen_checkpoint_download_then_convert(tmp_path: Path, server: tuple[st
     assert not stored.exists()
     r = _run(tmp_path, "mmgen_nope")
     assert r.returncode == 2 and "unknown checkpoint 'mmgen_nope'" in r.stderr and "mmgen_sagan_imagenet_128_biggan" in r.stderr
+
+
+def test_fashion_mnist_download_checks_md5(tmp_path: Path, server: tuple[str, Path]) -> None:
+    """The four upstream files are fetched into data/fashion-mnist/ and MD5-checked (the expected MD5s are
+    overridden here: the served files are small stand-ins written in the idx format)."""
+    from test_fmnist import fake_fmnist
+
+    url, served = server
+    fake_fmnist(served, n_train=30, n_test=10, gz=True)
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    md5s = " ".join(_md5(served / n) for n in names)
+    r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_BASE=url, SAGAN_FMNIST_MD5S=md5s)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("MD5 ok") == 4
+    ds, classes = build_dataset(Namespace(dataset="fashion_mnist", image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
+                                          max_images=0, lsun_category="x"))
+    assert (len(ds), classes) == (30, 10)
+    for n in names:
+        (tmp_path / "data" / "fashion-mnist" / n).unlink()
+    r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_BASE=url)  # torchvision's MD5s: the stand-ins do not match
+    assert r.returncode == 1 and "checksum mismatch" in r.stderr and "8d4fb7e6c68d591d4c3dfef9ec88bf0d" in r.stderr
+    assert not (tmp_path / "data" / "fashion-mnist" / names[0]).exists()
+
+
+def test_fashion_mnist_from_debian_checks_headers(tmp_path: Path) -> None:
+    """With Debian's package installed nothing is downloaded; its recompressed files are checked by their idx
+    headers (magic, 60,000/10,000 items, 28x28). Full-size all-black stand-ins are written here."""
+    from test_fmnist import write_idx
+
+    deb = tmp_path / "debian"
+    for split, n in (("train", 60_000), ("test", 10_000)):
+        write_idx(deb, split, np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8), gz=True)
+    r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_DEBIAN_DIR=str(deb))
+    assert r.returncode == 0, r.stderr
+    assert "idx headers ok; nothing to download" in r.stdout and not (tmp_path / "data" / "fashion-mnist").exists()
+    write_idx(deb, "test", np.zeros((9_999, 28, 28), np.uint8), np.zeros(9_999, np.uint8), gz=True)
+    r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_DEBIAN_DIR=str(deb))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "t10k-images-idx3-ubyte.gz is not the Fashion-MNIST file" in r.stderr and "10000" in r.stderr

@@ -1,0 +1,175 @@
+"""Fashion-MNIST (idx files written here), the offline classifier metric, and the fmnist_32 preset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import data_loader
+from classifier import ClassifierEvaluator, stack_uint8
+from data_loader import DatasetError, FashionMNIST, Shapes, build_dataset, build_test_split
+from parameter import get_parameters
+from sagan_models import ModelConfig
+
+
+def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    """The idx format: big-endian int32 magic (2051 images / 2049 labels) and dimensions, then uint8 data."""
+    img_base, lab_base, _ = data_loader.FMNIST_FILES[split]
+    folder.mkdir(parents=True, exist_ok=True)
+    for base, magic, arr in ((img_base, 2051, images), (lab_base, 2049, labels)):
+        raw = np.array([magic, *arr.shape], dtype=">i4").tobytes() + arr.astype(np.uint8).tobytes()
+        if gz:
+            (folder / f"{base}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / base).write_bytes(raw)
+
+
+def fake_fmnist(folder: Path, n_train: int = 64, n_test: int = 32, gz: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent 28x28 images: class c is a bright bar at row 2c+4 on a dark, noisy background."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4: 2 * c + 7, 3:25] = 230
+        write_idx(folder, split, images, labels, gz)
+        out.append((images, labels))
+    return out[0]
+
+
+def args_for(folder: Path, imsize: int = 32) -> Namespace:
+    return Namespace(dataset="fashion_mnist", image_path=str(folder.parent), data_dir=str(folder), imsize=imsize,
+                     max_images=0, lsun_category="x")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_are_read_padded_and_replicated(tmp_path: Path, gz: bool) -> None:
+    images, labels = fake_fmnist(tmp_path / "fm", gz=gz)
+    ds, classes = build_dataset(args_for(tmp_path / "fm"))
+    assert (len(ds), classes) == (64, 10) and len(build_test_split(args_for(tmp_path / "fm"))) == 32
+    x, y = ds[13]
+    assert x.shape == (3, 32, 32) and y == labels[13]
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grey copied into three channels
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    assert (x[0][border] == -1).all()  # 2 px of zeros: black after normalisation
+    assert torch.allclose(x[0, 2:30, 2:30], torch.from_numpy(images[13]).float() / 127.5 - 1)
+    x64, _ = build_dataset(args_for(tmp_path / "fm", 64))[0][13]
+    assert x64.shape == (3, 64, 64)  # other sizes: resized, not padded
+    assert FashionMNIST.class_names[9] == "Ankle boot"
+
+
+def test_missing_and_damaged_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_loader, "DEBIAN_FMNIST", tmp_path / "not_installed")
+    a = Namespace(dataset="fashion_mnist", image_path=str(tmp_path), data_dir=None, imsize=32, max_images=0, lsun_category="x")
+    with pytest.raises(DatasetError) as e:
+        build_dataset(a)
+    msg = str(e.value)
+    assert "\n" not in msg and "apt-get install dataset-fashion-mnist" in msg and "bash download.sh fashion_mnist" in msg
+    fake_fmnist(tmp_path / "fashion-mnist", gz=False)
+    assert len(build_dataset(a)[0]) == 64  # found under <image_path>/fashion-mnist
+    f = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match="is truncated"):
+        build_dataset(a)
+    f.write_bytes(b"\x00\x00\x08\x01" + f.read_bytes()[4:])  # the labels' magic number on an image file
+    with pytest.raises(DatasetError, match="is not the Fashion-MNIST file"):
+        build_dataset(a)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DatasetError, match="is a file"):
+        build_dataset(Namespace(**{**vars(a), "data_dir": str(tmp_path / "afile")}))
+
+
+class RealImagesG(nn.Module):
+    """A "generator" whose sample for label y is a real training image of class y: the classifier metric
+    must then score about what the real images score."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(imsize=32, num_classes=num_classes, z_dim=4)
+        self.dummy = nn.Parameter(torch.zeros(()))
+        images, labels = stack_uint8(dataset)
+        self.by_class = [images[labels == c].float() / 127.5 - 1 for c in range(num_classes)]
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pick = (z[:, 0].abs() * 1e4).long()
+        return torch.stack([self.by_class[int(c)][int(k) % len(self.by_class[int(c)])] for c, k in zip(y, pick)])
+
+
+class NoiseG(RealImagesG):
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.rand(len(z), 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_classifier_metric_on_real_images_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train, test = Shapes(32, size=600), Shapes(32, size=200, seed=11)
+    ev = ClassifierEvaluator(train, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0)
+    assert not ev.cache_hit and "training a small CNN on 600 real shapes images" in capsys.readouterr().err
+    assert ev.test_acc > 0.9
+    real = ev(RealImagesG(train, 4), 200)["metrics"]
+    assert real["cls_acc"] > 0.97  # ~1.0 on its own training images, through the generated-sample path
+    assert abs(real["gan_train_acc"] - ev.gan_train_real) < 0.1 and real["gan_train_acc"] > 0.8  # GAN-train: close to real
+    noise = ev(NoiseG(train, 4), 200)["metrics"]
+    assert noise["cls_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
+    assert noise["fid_cls"] > 5 * real["fid_cls"]
+    assert set(ev.scalars(real)) == {"metrics/cls_acc200", "metrics/gan_train_acc200", "metrics/fid_cls200"}
+    assert "not comparable with Inception FID" in ev.format(ev(RealImagesG(train, 4), 50))
+    # the cache: the same data loads it; other data (one image changed) trains again
+    assert ClassifierEvaluator(train, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0).cache_hit
+    changed = Shapes(32, size=600)
+    changed.images[0] = 255 - changed.images[0]
+    again = ClassifierEvaluator(changed, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0)
+    assert not again.cache_hit and len(list((tmp_path / "classifier").glob("shapes-32px-*.pt"))) == 2
+
+
+def test_classifier_metric_refuses_what_it_cannot_score(tmp_path: Path) -> None:
+    from metrics import EvalError
+
+    train, test = Shapes(32, size=200), Shapes(32, size=40, seed=11)
+    ev = ClassifierEvaluator(train, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0)
+    with pytest.raises(EvalError, match="class-conditional generators of 4 classes"):
+        ev(_Unconditional(), 100)
+    with pytest.raises(EvalError, match="needs the requested class"):
+        ev.folder(tmp_path)
+
+
+class _Unconditional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(imsize=32, num_classes=0)
+        self.p = nn.Parameter(torch.zeros(()))
+
+
+def test_fmnist_preset_resolves() -> None:
+    a = get_parameters(["--preset", "fmnist_32"])
+    assert (a.dataset, a.imsize, a.arch, a.eval_metric, a.version) == ("fashion_mnist", 32, "resnet", "classifier", "fmnist_32")
+
+
+@pytest.mark.slow
+def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path) -> None:
+    from main import main
+
+    fake_fmnist(workdir / "fm", n_train=120, n_test=40)
+    flags = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "2", "--eval_step", "2",
+             "--eval_samples", "40", "--batch_size", "8", "--log_step", "1", "--sample_step", "2", "--model_save_step", "2",
+             "--attn_samples", "0", "--device", "cpu", "--eval_cache_dir", str(workdir / "cache"), "--version", "fm"]
+    assert main(flags) == 0
+    rec = [json.loads(line) for line in (workdir / "models/fm/metrics.jsonl").read_text().splitlines()]
+    assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class"} <= set(rec[-1])
+    assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} == {"best_cls_acc.pt", "best_fid_cls.pt"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(workdir / "logs/fm"))
+    ea.Reload()
+    assert {"metrics/cls_acc40", "metrics/gan_train_acc40", "metrics/fid_cls40"} <= set(ea.Tags()["scalars"])
+    assert main(["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
+                 "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu"]) == 0
+    assert list((workdir / "models/fm").glob("eval_best_cls_acc_40.json"))

@@ -11,6 +11,7 @@ Under `torchrun --nproc_per_node N main.py ...` every process trains; rank 0 pri
 from __future__ import annotations
 
 import json
+import os
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -23,7 +24,7 @@ import distributed
 from classifier import ClassifierEvaluator
 from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader
 from distributed import LaunchError
-from metrics import EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
+from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
 from checkpoints import CheckpointError, checkpoint_path, load_checkpoint, write_json_atomic
@@ -70,7 +71,8 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
         try:
             weights = resolve_weights(args.inception_weights, args.image_path)
         except EvalError:
-            if kind == "inception" or args.dataset not in CLASSIFIER_DATASETS:
+            named = args.inception_weights or os.environ.get(WEIGHTS_ENV)  # a file named but missing is an error
+            if kind == "inception" or named or args.dataset not in CLASSIFIER_DATASETS:
                 raise
     if dataset is None:
         dataset, _ = build_dataset(args)

@@ -228,7 +228,7 @@ def test_fashion_mnist_from_debian_checks_headers(tmp_path: Path) -> None:
         write_idx(deb, split, np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8), gz=True)
     r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_DEBIAN_DIR=str(deb))
     assert r.returncode == 0, r.stderr
-    assert "idx headers ok; nothing to download" in r.stdout and not (tmp_path / "data" / "fashion-mnist").exists()
+    assert "(idx headers ok); nothing to download" in r.stdout and not (tmp_path / "data" / "fashion-mnist").exists()
     write_idx(deb, "test", np.zeros((9_999, 28, 28), np.uint8), np.zeros(9_999, np.uint8), gz=True)
     r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_DEBIAN_DIR=str(deb))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1

@@ -110,24 +110,25 @@ class NoiseG(RealImagesG):
 
 
 def test_classifier_metric_on_real_images_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    train, test = Shapes(32, size=600), Shapes(32, size=200, seed=11)
-    ev = ClassifierEvaluator(train, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0)
-    assert not ev.cache_hit and "training a small CNN on 600 real shapes images" in capsys.readouterr().err
+    fake_fmnist(tmp_path / "fm", n_train=2000, n_test=400)
+    a = args_for(tmp_path / "fm")
+    train, test = build_dataset(a)[0], build_test_split(a)
+    ev = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0)
+    assert not ev.cache_hit and "training a small CNN on 2,000 real fashion_mnist images" in capsys.readouterr().err
     assert ev.test_acc > 0.9
-    real = ev(RealImagesG(train, 4), 200)["metrics"]
+    real = ev(RealImagesG(train, 10), 2000)["metrics"]
     assert real["cls_acc"] > 0.97  # ~1.0 on its own training images, through the generated-sample path
     assert abs(real["gan_train_acc"] - ev.gan_train_real) < 0.1 and real["gan_train_acc"] > 0.8  # GAN-train: close to real
-    noise = ev(NoiseG(train, 4), 200)["metrics"]
+    noise = ev(NoiseG(train, 10), 500)["metrics"]
     assert noise["cls_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
     assert noise["fid_cls"] > 5 * real["fid_cls"]
-    assert set(ev.scalars(real)) == {"metrics/cls_acc200", "metrics/gan_train_acc200", "metrics/fid_cls200"}
-    assert "not comparable with Inception FID" in ev.format(ev(RealImagesG(train, 4), 50))
+    assert set(ev.scalars(real)) == {"metrics/cls_acc2k", "metrics/gan_train_acc2k", "metrics/fid_cls2k"}
+    assert "not comparable with Inception FID" in ev.format(ev(RealImagesG(train, 10), 50))
     # the cache: the same data loads it; other data (one image changed) trains again
-    assert ClassifierEvaluator(train, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0).cache_hit
-    changed = Shapes(32, size=600)
-    changed.images[0] = 255 - changed.images[0]
-    again = ClassifierEvaluator(changed, test, "shapes", 32, 4, torch.device("cpu"), tmp_path, n_ref=0)
-    assert not again.cache_hit and len(list((tmp_path / "classifier").glob("shapes-32px-*.pt"))) == 2
+    assert ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0).cache_hit
+    train.images[0] = 255 - train.images[0]
+    again = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0)
+    assert not again.cache_hit and len(list((tmp_path / "classifier").glob("fashion_mnist-32px-*.pt"))) == 2
 
 
 def test_classifier_metric_refuses_what_it_cannot_score(tmp_path: Path) -> None:

@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if own.json:
                 with open(own.json, "w") as f:
                     json.dump({"base": rest, "budget_s": own.time_to_acc, "results": rows}, f, indent=2)
-        print(f"| variant | flags | s/step | time to 50% | time to 75% | time to 85% | accuracy at the end (steps) |")
+        print("| variant | flags | s/step | time to 50% | time to 75% | time to 85% | accuracy at the end (steps) |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
             cells = " | ".join(f"{v[0]} s (step {v[1]})" if v else f"not in {r['train_s']} s" for v in r["reached"].values())

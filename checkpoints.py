@@ -52,7 +52,6 @@ import torch
 from torch import Tensor, nn
 
 import spectral
-from metrics import file_sha256
 from sagan_models import DBlock, ModelConfig, SelfAttention
 
 CHECKPOINT_FORMAT = 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from metrics import (EvalError, _private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
-                     to_uint8)
+                     save_atomic, to_uint8)
 
 VERSION = 2  # bump when the architecture or the recipe changes: old caches are then never reused
 EPOCHS = 4
@@ -179,13 +178,7 @@ class ClassifierEvaluator:
         out = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "test_acc": test_acc,
                "gan_train_real": accuracy(ceiling, self.test_x, self.test_y),
                "ref_mu": torch.from_numpy(mu), "ref_sigma": torch.from_numpy(sigma), "meta": meta}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(out, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        save_atomic(out, self.path)
         say(f"classifier metric: held-out accuracy {test_acc:.1%} on {len(self.test_y):,} real test images, "
             f"GAN-train recipe on real images {out['gan_train_real']:.1%} ({time.perf_counter() - t0:.0f} s)")
         return out

@@ -250,6 +250,17 @@ def cache_root(flag: str | None) -> Path:
     return Path(flag or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sagan")
 
 
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save into a per-process temporary file beside `path`, fsynced, then renamed (cache entries)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, cache_dir: Path, n_ref: int,
                     batch_size: int = 64, num_workers: int = 0) -> dict:
     """{'pool': (N, 2048) float32, 'mu', 'sigma', 'meta'} of the training images; computed once, then cached."""
@@ -272,13 +283,7 @@ def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, ca
 
     stats = fid_features_to_statistics(feats.pool)
     out = {"pool": feats.pool, "mu": torch.from_numpy(stats["mu"]), "sigma": torch.from_numpy(stats["sigma"]), "meta": meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(out, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_atomic(out, path)
     out["cache"] = {"path": str(path), "hit": False}
     return out
 

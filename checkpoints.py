@@ -85,8 +85,16 @@ def checkpoint_path(folder: Path, which: str) -> Path:
     steps = step_numbers(folder)
     if which == "latest":
         pointer = folder / "latest"
-        if pointer.is_file() and (folder / pointer.read_text().strip()).is_file():
-            return folder / pointer.read_text().strip()
+        if pointer.is_file():
+            try:
+                name = pointer.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                name = "(unreadable)"
+            if re.fullmatch(r"\d+\.pt", name) and (folder / name).is_file():
+                return folder / name
+            have = ", ".join(map(str, steps)) or "none"
+            raise CheckpointError(f"{pointer} is corrupt: it names {name[:40]!r}, which is not a checkpoint in {folder}; pass "
+                                  f"--pretrained_model STEP with one of the steps there ({have}); the next save rewrites it")
         if not steps:
             raise CheckpointError(f"no checkpoint in {folder}; train first, or check --version and --model_save_path")
         return folder / f"{steps[-1]}.pt"
@@ -142,6 +150,48 @@ def write_checkpoint(state: dict, folder: Path, stem: str, point_latest: bool, p
     return path
 
 
+class RunLock:
+    """An exclusive lock on a run folder (`<folder>/.lock`, flock): a second training run on the same
+    --version is refused instead of interleaving checkpoints. The kernel releases it when the process
+    ends, however it ends, so a killed run never leaves a stale lock."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.fd = folder, None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(f"{self.folder} is in use by another training run ({holder}); wait for it to end, "
+                                  f"or pass another --version") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Create `folder` and write a probe file in it, so that a read-only or full location fails before training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write to {folder} ({e.strerror or e}); pass a writable {flag}") from None
+
+
 def prune(folder: Path, keep: int) -> None:
     """Remove step checkpoints beyond the newest `keep` (0 keeps all); best_* are never removed."""
     if keep:
@@ -173,7 +223,11 @@ def _torch_load(path: Path, stand_ins: list | None = None) -> Any:
 def load_checkpoint(path: Path) -> dict:
     """One of our checkpoints (plain data only; nothing is allow-listed beyond torch's defaults)."""
     ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} was written by a newer version of this code (checkpoint format {fmt}; this code "
+                              f"reads format {CHECKPOINT_FORMAT}); update it (git pull) to load this file")
+    if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by this code (format {CHECKPOINT_FORMAT}); "
                               f"a StudioGAN, MMGeneration/mmagic or heykeetae file is converted with convert.py")
     return ckpt

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from metrics import (EvalError, _private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
                      save_atomic, to_uint8)
+from progress import track
 
 VERSION = 2  # bump when the architecture or the recipe changes: old caches are then never reused
 EPOCHS = 4
@@ -76,9 +77,10 @@ def stack_uint8(dataset: Dataset, batch_size: int = 500) -> tuple[Tensor, Tensor
     return torch.cat(xs), torch.cat(ys)
 
 
-def fit(images: Tensor, labels: Tensor, num_classes: int, seed: int, device: torch.device) -> SmallCNN:
+def fit(images: Tensor, labels: Tensor, num_classes: int, seed: int, device: torch.device,
+        what: str = "classifier training") -> SmallCNN:
     """Train a SmallCNN on uint8 images: EPOCHS epochs of BATCH random images, at most MAX_STEPS Adam steps
-    (seeded; the global RNGs are untouched)."""
+    (seeded; the global RNGs are untouched); progress lines name it `what`."""
     steps = min(MAX_STEPS, -(-EPOCHS * len(images) // BATCH))
     with _private_rng(device):
         torch.manual_seed(seed)
@@ -88,7 +90,7 @@ def fit(images: Tensor, labels: Tensor, num_classes: int, seed: int, device: tor
         g = torch.Generator().manual_seed(seed)
         per_epoch = max(1, len(images) // BATCH)
         perm = torch.randperm(len(images), generator=g)
-        for step in range(steps):
+        for step in track(range(steps), what, steps, "steps"):
             if step % per_epoch == 0 and step:
                 perm = torch.randperm(len(images), generator=g)
             idx = perm[(step % per_epoch) * BATCH:(step % per_epoch + 1) * BATCH]
@@ -169,12 +171,12 @@ class ClassifierEvaluator:
         say(f"classifier metric: training a small CNN on {len(dataset):,} real {self.name} images "
             f"(once, about {len(dataset) * EPOCHS / 1.6e5:.0f} min on 2 CPU cores; cached in {self.path})")
         x, y = stack_uint8(dataset)
-        net = fit(x, y, self.num_classes, self.seed, self.device)
+        net = fit(x, y, self.num_classes, self.seed, self.device, "classifier metric: the classifier")
         test_acc = accuracy(net, self.test_x, self.test_y)
         _, feats = predict(net, x[torch.from_numpy(idx)])
         mu, sigma = feature_stats(feats)
         n = min(len(x), 10_000)  # GAN-train's ceiling: the same recipe on real training images
-        ceiling = fit(x[:n], y[:n], self.num_classes, self.seed + 1, self.device)
+        ceiling = fit(x[:n], y[:n], self.num_classes, self.seed + 1, self.device, "classifier metric: the GAN-train ceiling")
         out = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "test_acc": test_acc,
                "gan_train_real": accuracy(ceiling, self.test_x, self.test_y),
                "ref_mu": torch.from_numpy(mu), "ref_sigma": torch.from_numpy(sigma), "meta": meta}
@@ -193,7 +195,7 @@ class ClassifierEvaluator:
         logits, feats = predict(self.net, x)
         hit = (logits.argmax(1) == y).float()
         mu, sigma = feature_stats(feats)
-        gan_train = fit(x, y, self.num_classes, self.seed + 1, self.device)
+        gan_train = fit(x, y, self.num_classes, self.seed + 1, self.device, f"evaluation: GAN-train classifier on {n:,} samples")
         m = {
             "cls_acc": hit.mean().item(),
             "cls_acc_per_class": [hit[y == c].mean().item() if (y == c).any() else float("nan") for c in range(self.num_classes)],

@@ -42,6 +42,7 @@ import gzip
 import io
 import os
 import pickle
+import signal
 from argparse import Namespace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,8 +53,11 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
+from progress import Progress
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MAX_BAD_FRACTION = 0.01  # training stops when more than 1% of the images cannot be decoded
+MIN_SIDE = 8  # an image folder whose sampled images are all smaller than this is refused
 
 
 class DatasetError(Exception):
@@ -217,11 +221,47 @@ class Shapes(Dataset):
 
 
 def list_images(root: Path) -> list[Path]:
+    """Image files (by extension) under `root`, sorted; a scan longer than a few seconds reports progress."""
     files = []
-    for d, dirs, names in os.walk(root):
-        dirs.sort()
-        files += [Path(d) / n for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+    with Progress(f"scanning {root}", None, "images") as p:
+        for d, dirs, names in os.walk(root):
+            dirs.sort()
+            found = [Path(d) / n for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+            files += found
+            p.update(len(found))
     return files
+
+
+def no_images_hint(root: Path) -> str:
+    """What else is under `root` when it holds no image with a supported extension ('' when nothing is)."""
+    if not root.is_dir():
+        return ""
+    others = sorted({p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")})
+    if not others:
+        return ""
+    return (f" (it holds only {', '.join(others[:5])}{', ...' if len(others) > 5 else ''} files; supported: "
+            f"{', '.join(IMG_EXTENSIONS)}: convert them, e.g. to PNG)")
+
+
+def check_image_files(files: list[Path], where: Path, samples: int = 32) -> list[Path]:
+    """`files`, after reading the headers of up to `samples` of them spread over the list: an error
+    when none is an image at least MIN_SIDE pixels on its short side (all too small, or none readable)."""
+    pick = [files[int(i)] for i in np.unique(np.linspace(0, len(files) - 1, min(samples, len(files))).round())]
+    sizes, unreadable = [], 0
+    for f in pick:
+        try:
+            with Image.open(f) as img:
+                sizes.append(img.size)
+        except Exception:  # noqa: BLE001 - any failure to read a header counts as unreadable
+            unreadable += 1
+    if any(min(wh) >= MIN_SIDE for wh in sizes):
+        return files
+    if not sizes:
+        raise DatasetError(f"none of {len(pick)} sampled files under {where} is a readable image (e.g. {pick[0]}); "
+                           f"re-download the dataset or point --data_dir at a folder of images")
+    w, h = sizes[0]
+    raise DatasetError(f"the images under {where} are too small to train on (sampled {len(pick)} of {len(files):,}: "
+                       f"all smaller than {MIN_SIDE}x{MIN_SIDE}, e.g. {w}x{h} in {pick[0]}); point --data_dir at the real images")
 
 
 class ImageFiles(ReadableItems):
@@ -428,6 +468,9 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
     root = Path(args.image_path)
     data_dir = Path(args.data_dir) if args.data_dir else None
     name, imsize = args.dataset, args.imsize
+    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+        what = "lmdb folder" if name == "lsun" else "folder"
+        raise DatasetError(f"--data_dir {data_dir} is a file, not a folder; pass the {what} that holds the {name} data")
 
     if name == "shapes":
         n = getattr(args, "max_images", 0)
@@ -438,9 +481,11 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
         for c in candidates:
             files = list_images(c) if c.is_dir() else []
             if files:
+                files = check_image_files(files, c)
                 return ImageFiles(files, None, T.Compose([T.CenterCrop(160), T.Resize(imsize), *_normalise()])), 0
         where = " and ".join(str(c) for c in candidates)
-        raise DatasetError(f"CelebA not found: no images under {where}; fetch it with: bash download.sh CelebA")
+        hint = "".join(no_images_hint(c) for c in candidates)
+        raise DatasetError(f"CelebA not found: no images under {where}{hint}; fetch it with: bash download.sh CelebA")
 
     if name == "lsun":
         cat = args.lsun_category
@@ -467,21 +512,22 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
         files, labels, classes = class_folders(folder)
         if not files:
             raise DatasetError(
-                f"ImageNet not found: no class folders of images under {folder}; download the ILSVRC2012 train set "
-                f"from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
+                f"ImageNet not found: no class folders of images under {folder}{no_images_hint(folder)}; download the ILSVRC2012 "
+                f"train set from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
             )
-        return ImageFiles(files, labels, square_transform(imsize)), len(classes)
+        return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize)), len(classes)
 
     if name == "folder":
         folder = data_dir or root
         files, labels, classes = class_folders(folder)
         top = [f for f in list_images(folder) if f.parent == folder] if folder.is_dir() else []
         if len(classes) >= 2 and not top:
-            return ImageFiles(files, labels, square_transform(imsize)), len(classes)
+            return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize)), len(classes)
         files = list_images(folder) if folder.is_dir() else []
         if not files:
-            raise DatasetError(f"no images found under {folder}; pass --data_dir with a folder of images (optionally one sub-folder per class)")
-        return ImageFiles(files, None, square_transform(imsize)), 0
+            raise DatasetError(f"no images found under {folder}{no_images_hint(folder)}; pass --data_dir with a folder of images "
+                               f"(optionally one sub-folder per class)")
+        return ImageFiles(check_image_files(files, folder), None, square_transform(imsize)), 0
 
     raise DatasetError(f"unknown dataset {name!r}")
 
@@ -513,6 +559,13 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM/SIGINT, which a scheduler or Ctrl-C sends to the whole process group:
+    the main process finishes its step and saves, then closes the loader, which ends the workers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: int = 0, world: int = 1) -> DataLoader:
     """The training loader: `EpochBatchSampler` batches of --batch_size per process; workers persist
     across epochs; pinned memory on CUDA. The trainer moves it with `batch_sampler.set_epoch`."""
@@ -523,5 +576,6 @@ def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: in
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=args.num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(args.seed),  # worker seeds; never the global RNG
     )

@@ -22,6 +22,7 @@ import torch.distributed as dist
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Rank 0 evaluates and saves while the others wait in their next collective: allow for a long evaluation.
 TIMEOUT = timedelta(minutes=120)
+_control = None  # the process group of the small CPU flag all-reduces (any_rank); None: the default group
 
 
 class LaunchError(Exception):
@@ -93,11 +94,15 @@ def init(env: DistEnv, device: torch.device) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
                             device_id=device if device.type == "cuda" else None)
+    global _control
+    _control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else None
 
 
 def shutdown() -> None:
+    global _control
     if dist.is_initialized():
         dist.destroy_process_group()
+    _control = None
 
 
 def gather_objects(env: DistEnv, obj: object) -> list:
@@ -112,10 +117,11 @@ def gather_objects(env: DistEnv, obj: object) -> list:
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
-def any_rank(env: DistEnv, flags: list[bool], device: torch.device) -> list[bool]:
-    """Element-wise OR of boolean flags over all ranks (one small all-reduce)."""
+def any_rank(env: DistEnv, flags: list[bool]) -> list[bool]:
+    """Element-wise OR of boolean flags over all ranks: one small all-reduce of a CPU tensor over Gloo
+    (the default group on the CPU, a Gloo side group beside NCCL), so it never waits for the GPU."""
     if not env.enabled:
         return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
     return [bool(v) for v in t.tolist()]

@@ -15,7 +15,7 @@ import os
 import sys
 from argparse import Namespace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -27,7 +27,7 @@ from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from checkpoints import CheckpointError, checkpoint_path, load_checkpoint, write_json_atomic
+from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, write_json_atomic
 from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
@@ -177,6 +177,17 @@ def train(args: Namespace) -> int:
     device = distributed.device_for(env, args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     split_global_batch(args, env.world)  # a preset's global batch, over the processes
+    folders = Trainer.run_folders(args)
+    if not env.is_main:
+        return train_in(args, env, device, say)
+    for key, flag in (("models", "--model_save_path"), ("samples", "--sample_path"), ("logs", "--log_path"), ("attn", "--attn_path")):
+        check_writable(folders[key], flag)
+    with RunLock(folders["models"]):  # one training run per --version at a time
+        return train_in(args, env, device, say)
+
+
+def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, say: Callable[..., None]) -> int:
+    """Build the data, the evaluator and the trainer, resume if asked, and train."""
     dataset, classes = build_dataset(args)
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(args, dataset, device, env.rank, env.world)
@@ -186,6 +197,9 @@ def train(args: Namespace) -> int:
         trainer = Trainer(args, cfg, loader, evaluator, env)
         if args.pretrained_model:
             path = trainer.load(args.pretrained_model)
+            if trainer.step > args.total_step:
+                raise ValueError(f"{path} is at step {trainer.step}, beyond --total_step {args.total_step}; pass a larger "
+                                 f"--total_step to train on, or --train false to sample from it")
             say(f"resumed from {path} at step {trainer.step}", flush=True)
         say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "

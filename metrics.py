@@ -40,6 +40,8 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -49,6 +51,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from progress import Progress, duration
 from sagan_models import eval_mode
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -168,22 +171,42 @@ def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: 
             yield to_uint8(G(zb, yb)).cpu(), (yb.cpu() if yb is not None else None)
 
 
-def features_of(net: Inception, batches: Iterable[Tensor]) -> Features:
-    """Features of a stream of uint8 image batches."""
-    feats = [net(b) for b in batches]
+# Inception over more images than this on a CPU gets a warning with the estimated time (once per kind of pass).
+CPU_WARN_IMAGES = 4000
+_warned: set[str] = set()
+
+
+def features_of(net: Inception, batches: Iterable[Tensor], what: str = "Inception features", total: int | None = None,
+                shorten: str | None = None) -> Features:
+    """Features of a stream of uint8 image batches, with progress lines (`progress.Progress`). On a CPU,
+    a pass over more than CPU_WARN_IMAGES images warns once, after its first batch, with the time it
+    will take at the measured rate and the flag (`shorten`) that makes it shorter."""
+    feats = []
+    with Progress(what, total, "images") as p:
+        for b in batches:
+            feats.append(net(b))
+            p.update(len(b))
+            if (len(feats) == 1 and net.device.type == "cpu" and total and total > CPU_WARN_IMAGES and shorten
+                    and what not in _warned):
+                _warned.add(what)
+                eta = (total - len(b)) * (time.perf_counter() - p.t0) / len(b)  # the first batch, loading included
+                print(f"warning: {what}: Inception on the CPU over {total:,} images will take about {duration(eta)}; "
+                      f"{shorten} makes it shorter", file=sys.stderr, flush=True)
     return Features(torch.cat([p for p, _ in feats]), torch.cat([l for _, l in feats]))
 
 
 def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> Features:
     device = next(G.parameters()).device
-    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed)))
+    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed)),
+                       f"evaluation: Inception features of {n:,} samples", n, "--eval_samples N")
 
 
-def dataset_features(dataset: Dataset, net: Inception, batch_size: int = 64, num_workers: int = 0) -> Features:
+def dataset_features(dataset: Dataset, net: Inception, batch_size: int = 64, num_workers: int = 0,
+                     what: str = "Inception features of the training images") -> Features:
     """Features of a dataset whose items are ([-1, 1] image, label); read in order, no flips."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))  # never draws from the global RNG
-    return features_of(net, (to_uint8(x) for x, _ in loader))
+    return features_of(net, (to_uint8(x) for x, _ in loader), what, len(dataset), "--eval_ref_samples N (default 50000; 0 means all)")
 
 
 def folder_images(folder: Path, imsize: int) -> Tensor:
@@ -214,12 +237,14 @@ def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed
     folder.mkdir(parents=True, exist_ok=True)
     device = next(G.parameters()).device
     paths, k = [], 0
-    for imgs, ys in generate(G, n, batch_size, device, seed):
-        for j, img in enumerate(imgs):
-            name = f"{k:06d}_c{int(ys[j])}.png" if ys is not None else f"{k:06d}.png"
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
-            paths.append(folder / name)
-            k += 1
+    with Progress(f"writing {n:,} samples to {folder}", n, "images") as p:
+        for imgs, ys in generate(G, n, batch_size, device, seed):
+            for j, img in enumerate(imgs):
+                name = f"{k:06d}_c{int(ys[j])}.png" if ys is not None else f"{k:06d}.png"
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
+                paths.append(folder / name)
+                k += 1
+            p.update(len(imgs))
     return paths
 
 
@@ -278,7 +303,9 @@ def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, ca
         except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed and replaced
             pass
     sub = dataset if len(idx) == len(dataset) else Subset(dataset, idx.tolist())
-    feats = dataset_features(sub, net, batch_size, num_workers)
+    print(f"reference statistics: Inception pool3 features of {len(idx):,} of the {len(dataset):,} {name} training images "
+          f"at {imsize} px (computed once, cached at {path})", file=sys.stderr, flush=True)
+    feats = dataset_features(sub, net, batch_size, num_workers, "reference statistics")
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
     stats = fid_features_to_statistics(feats.pool)

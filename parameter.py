@@ -16,7 +16,10 @@ where the port differed:
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import difflib
+import re
+from pathlib import Path
+from typing import NoReturn, Sequence
 
 from checkpoints import NAMED_CHECKPOINTS
 from metrics import WEIGHTS_NAME
@@ -61,7 +64,26 @@ def optional_step(v: str) -> str | None:
         return None
     if s.lower() in ("latest", *NAMED_CHECKPOINTS) or s.isdigit():
         return s.lower()
+    path = Path(s)
+    if path.is_dir() or "/" in s or path.suffix == ".pt":
+        # A path: say which flags name it (checkpoints live in <model_save_path>/<version>/<which>.pt).
+        folder, which = (path, "latest") if path.is_dir() or not path.suffix else (path.parent, path.stem)
+        which = which if which.isdigit() or which in NAMED_CHECKPOINTS else "latest"
+        kind = "a folder" if path.is_dir() else "a path"
+        raise argparse.ArgumentTypeError(
+            f"{s!r} is {kind}; --pretrained_model names a checkpoint inside --model_save_path/--version: for this one pass "
+            f"--model_save_path {folder.parent or '.'} --version {folder.name} --pretrained_model {which}")
     raise argparse.ArgumentTypeError(f"expected a checkpoint step number, 'latest' or one of {', '.join(NAMED_CHECKPOINTS)}; got {v!r}")
+
+
+def positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v!r}")
+    return n
 
 
 def non_negative(v: str) -> int:
@@ -138,8 +160,22 @@ PRESETS: dict[str, dict] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), with the closest name for a mistyped choice."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            flag, got, options = m.groups()
+            choices = [c.strip().strip("'") for c in options.split(",")]
+            close = difflib.get_close_matches(got, choices, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            message = f"{flag}: unknown value {got!r}; {hint}choose from {', '.join(choices)}"
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Train or sample SAGAN (Zhang et al., ICML 2019).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -178,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--version", type=str, default="sagan_1", help="run name: folders <path>/<version>/")
     t.add_argument("--total_step", type=positive_step, default=1_000_000, help="generator steps")
     t.add_argument("--d_iters", "--n_dis", dest="n_dis", type=positive_step, default=1, help="D steps per G step")
-    t.add_argument("--batch_size", type=positive_step, default=64, help="images per process per micro-batch (see --accum)")
+    t.add_argument("--batch_size", type=positive, default=64, help="images per process per micro-batch (see --accum)")
     t.add_argument("--num_workers", type=int, default=2)
     t.add_argument("--g_lr", type=float, default=1e-4)
     t.add_argument("--d_lr", type=float, default=4e-4)
@@ -241,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = p.add_argument_group("evaluation (metrics.py)")
     e.add_argument("--eval_step", type=non_negative, default=0, help="IS/FID/KID every K steps during training (0: off)")
-    e.add_argument("--eval_samples", type=non_negative, default=None,
+    e.add_argument("--eval_samples", type=positive, default=None,
                    help="generated samples per evaluation (training: 10000 when unset); with --train false, evaluate the checkpoint")
     e.add_argument("--eval_ref_samples", type=non_negative, default=50_000, help="real training images in the reference set (0: all)")
     e.add_argument("--eval_batch_size", type=positive_step, default=64)

@@ -50,6 +50,7 @@ from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, l
                          write_json_atomic)
 from data_loader import check_bad_files
 from distributed import DistEnv
+from progress import duration
 from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, sample, set_attention_backend
 
 if TYPE_CHECKING:
@@ -161,6 +162,21 @@ class Preempted(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved (main.py exits with 3)."""
 
 
+# Saves of checkpoints at least this large are announced, with the time they took (README, "Preemption").
+REPORT_SAVE_BYTES = 100 * 2**20
+
+
+def state_bytes(obj: object) -> int:
+    """Bytes of the tensors in a nested checkpoint dict (about its size on disk)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
 class EMA:
     """Exponential moving average of a generator (BigGAN-PyTorch `utils.ema`): after each G step,
     target = decay * target + (1 - decay) * source for every floating-point state-dict entry
@@ -224,6 +240,7 @@ class Trainer:
         self.source: dict | None = None  # a converted checkpoint's origin (convert.py), carried into every save
         self.train_seconds = 0.0  # time in training iterations since this process started training
         self.stop_signal: str | None = None
+        self.saving = False  # a checkpoint is being written: a second SIGINT waits for it
         self.bad_warned: str | None = None
         self.run = self.run_folders(args)
         # Fixed noise for sample grids: one row per class when conditional (at most 16 evenly spaced classes).
@@ -375,7 +392,19 @@ class Trainer:
                                      f"{self.resume_hint()}")
         if not self.dist.is_main:
             return path
-        path = write_checkpoint(self.state(rng_ranks), folder, stem, point_latest=name is None, previous=self.last_saved)
+        state = self.state(rng_ranks)
+        size = state_bytes(state)
+        loud = size >= REPORT_SAVE_BYTES
+        if loud:
+            print(f"writing checkpoint {path} ({size / 2**20:,.0f} MiB)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        self.saving = True  # a second SIGINT now waits for the rename (signals only set a flag)
+        try:
+            path = write_checkpoint(state, folder, stem, point_latest=name is None, previous=self.last_saved)
+        finally:
+            self.saving = False
+        if loud:
+            print(f"wrote {path} in {duration(time.perf_counter() - t0)}", file=sys.stderr, flush=True)
         if name is None:
             self.last_saved = path
             prune(folder, getattr(self.args, "keep_last", 0))
@@ -570,11 +599,14 @@ class Trainer:
 
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGINT set a flag that the loop acts on after the current step (a second SIGINT
-        interrupts at once). The previous handlers come back afterwards."""
+        """SIGTERM/SIGINT set a flag that the loop acts on before the next step, sample or evaluation
+        phase; a second SIGINT interrupts at once, except while a checkpoint is being written. The
+        previous handlers come back afterwards."""
         def handler(signum: int, frame: object) -> None:
-            self.stop_signal = signal.Signals(signum).name
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            again = self.stop_signal is not None
+            self.stop_signal = self.stop_signal or signal.Signals(signum).name
+            if again and signum == signal.SIGINT and not self.saving:
+                raise KeyboardInterrupt
 
         old = {}
         try:
@@ -588,8 +620,13 @@ class Trainer:
             for sig, h in old.items():
                 signal.signal(sig, h)
 
-    def log_line(self, logs: dict[str, Tensor], ips: float, writer: "SummaryWriter | None") -> tuple[str, dict[str, float]]:
+    def stop_requested(self) -> bool:
+        """Whether a stop signal arrived here (or, under torchrun, on any rank: one small CPU all-reduce)."""
+        return distributed.any_rank(self.dist, [self.stop_signal is not None])[0]
+
+    def log_line(self, logs: dict[str, Tensor], s_per_step: float, writer: "SummaryWriter | None") -> tuple[str, dict[str, float]]:
         a = self.args
+        ips = self.global_batch * a.n_dis / max(s_per_step, 1e-9)
         vals = {k: v.item() for k, v in logs.items()}  # the only host sync of the step
         gam = {f"gamma/G.{k}": v for k, v in attention_gammas(self.G).items()}
         gam.update({f"gamma/D.{k}": v for k, v in attention_gammas(self.D).items()})
@@ -597,10 +634,10 @@ class Trainer:
         if writer:
             for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
                 writer.add_scalar(k, v, self.step)
-        eta = (a.total_step - self.step) * self.global_batch * a.n_dis / max(ips, 1e-9)
+        eta = (a.total_step - self.step) * s_per_step
         gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
         line = (f"step {self.step}/{a.total_step} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f} "
-                f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {ips:.1f} img/s eta {eta / 60:.1f} min")
+                f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration(eta)}")
         return line, vals
 
     def train(self) -> None:
@@ -624,23 +661,24 @@ class Trainer:
                 writer = SummaryWriter(str(self.run["logs"]), purge_step=self.step + 1 if self.step else None)
         self.G.train()
         self.D.train()
-        batches = self.batches()
         interactive = sys.stderr.isatty() and main
         bar = tqdm(total=a.total_step, initial=self.step, disable=not interactive, dynamic_ncols=True)
+        first = self.step + 1  # the first step of this process is logged, for its time and the ETA
         t_last, step_last = time.perf_counter(), self.step
         last_step_saved = self.step
+        stop = False
         with self.stop_on_signals():
-            while self.step < a.total_step:
+            batches = self.batches()  # loader workers start inside: they inherit the handlers, then ignore the signals
+            while self.step < a.total_step and not (stop := self.stop_requested()):
                 t_step = time.perf_counter()
                 logs = self.iteration(batches)
                 self.train_seconds += time.perf_counter() - t_step  # data and optimizer steps, not sampling or evaluation
                 bar.update(1)
-                at_log = self.step % a.log_step == 0 or self.step == a.total_step
-                if at_log:
+                if self.step % a.log_step == 0 or self.step in (first, a.total_step):
                     now = time.perf_counter()
-                    ips = (self.step - step_last) * self.global_batch * a.n_dis / max(now - t_last, 1e-9)
+                    s_per_step = (now - t_last) / max(self.step - step_last, 1)
                     t_last, step_last = now, self.step
-                    line, vals = self.log_line(logs, ips, writer if main else None)
+                    line, vals = self.log_line(logs, s_per_step, writer if main else None)
                     if main:
                         if interactive:
                             bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
@@ -651,31 +689,30 @@ class Trainer:
                             print(f"warning: {warning}", file=sys.stderr, flush=True)
                             self.bad_warned = warning
                     finite = all(np.isfinite(v) for v in vals.values()) and not self.nonfinite_weights()
-                    stop, diverged = distributed.any_rank(self.dist, [self.stop_signal is not None, not finite], self.device)
-                    if diverged:
+                    if distributed.any_rank(self.dist, [not finite])[0]:
                         raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {self.resume_hint()}")
-                elif not self.dist.enabled:
-                    stop = self.stop_signal is not None  # one process: act on a signal after any step
-                else:
-                    stop = False  # under torchrun, ranks agree on stopping at the next log step
-                if main and (self.step % a.sample_step == 0 or self.step == a.total_step):
+                # After a stop signal no sample or evaluation phase starts (rank 0 alone runs them).
+                if main and self.stop_signal is None and (self.step % a.sample_step == 0 or self.step == a.total_step):
                     _, grid = self.sample_grid()
                     if writer:
                         writer.add_image("samples", grid, self.step)
                     self.attention_snapshot(writer)
-                if main and self.evaluator is not None and a.eval_step and (self.step % a.eval_step == 0 or self.step == a.total_step):
+                if (main and self.stop_signal is None and self.evaluator is not None and a.eval_step
+                        and (self.step % a.eval_step == 0 or self.step == a.total_step)):
                     self.evaluate(writer)
-                if stop or self.step % a.model_save_step == 0 or self.step == a.total_step:
+                if self.step % a.model_save_step == 0 or self.step == a.total_step:
                     self.save()
                     last_step_saved = self.step
-                if stop:
-                    bar.close()
-                    if writer:
-                        writer.close()
-                    raise Preempted(f"received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
-                                    f"saved {self.last_saved}; resume with --pretrained_model latest")
+            if stop and last_step_saved != self.step:
+                self.save()
+                last_step_saved = self.step
         bar.close()
         if writer:
             writer.close()
+        if stop:
+            who = f"rank {self.dist.rank} of {self.dist.world}: " if self.dist.enabled else ""
+            saved = f"saved {self.last_saved}" if self.dist.is_main else f"rank 0 saved step {self.step}"
+            raise Preempted(f"{who}received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
+                            f"{saved}; resume with --pretrained_model latest")
         if last_step_saved != self.step:
             self.save()

@@ -1,0 +1,86 @@
+"""Progress of long phases (dataset scanning, reference statistics, sampling, evaluation, saving).
+
+On a terminal a tqdm bar on stderr; elsewhere (a log file, SLURM, CI) plain lines on stderr: one when
+the phase starts, one after 5 s and then every `SAGAN_PROGRESS_SECONDS` (default 30) with the count,
+the rate and the time left, and one when it ends with the time it took (phases shorter than a second end silently).
+Callers print the line that says what a phase is and where its result goes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+FIRST_AFTER = 5.0
+
+
+def interval() -> float:
+    try:
+        return max(0.0, float(os.environ.get("SAGAN_PROGRESS_SECONDS", "30")))
+    except ValueError:
+        return 30.0
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '3.5 min', '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """`with Progress("reference statistics", total, "images") as p: ... p.update(n)`; `enabled=False` is silent."""
+
+    def __init__(self, what: str, total: int | None, unit: str = "items", enabled: bool = True) -> None:
+        self.what, self.total, self.unit, self.enabled = what, total, unit, enabled
+        self.done, self.bar = 0, None
+        self.t0 = time.perf_counter()
+        self.t_last = self.t0 - max(0.0, interval() - FIRST_AFTER)  # the first status line comes after FIRST_AFTER s
+
+    def __enter__(self) -> "Progress":
+        if not self.enabled:
+            return self
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.what, unit=f" {self.unit}", dynamic_ncols=True, leave=False)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.t_last >= interval():
+            self.t_last = now
+            print(f"{self.what}: {self.status(now)}", file=sys.stderr, flush=True)
+
+    def status(self, now: float) -> str:
+        rate = self.done / max(now - self.t0, 1e-9)
+        if self.total:
+            left = (self.total - self.done) / max(rate, 1e-9)
+            return f"{self.done:,}/{self.total:,} {self.unit} ({self.done / self.total:.0%}), {rate:.1f} {self.unit}/s, {duration(left)} left"
+        return f"{self.done:,} {self.unit} so far, {rate:.1f} {self.unit}/s"
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        took = time.perf_counter() - self.t0
+        if self.enabled and exc_type is None and took >= 1.0:
+            print(f"{self.what}: {self.done:,} {self.unit} in {duration(took)}", file=sys.stderr, flush=True)
+
+
+def track(items: Iterable[T], what: str, total: int | None = None, unit: str = "items", enabled: bool = True) -> Iterator[T]:
+    """Iterate `items`, reporting one unit per item."""
+    with Progress(what, total, unit, enabled) as p:
+        for x in items:
+            yield x
+            p.update(1)

@@ -26,6 +26,9 @@ loading timed) for at most SECONDS of training, and every `--acc_every` steps th
 `--acc_samples` conditional samples of the sampling G (the EMA one with --ema) is measured, with that
 time left off the clock. Printed: median seconds per step, and the training seconds (and step) at
 which the accuracy first reached 50%, 75% and 85%.
+
+`--save_time N` times what a stop signal costs at the end: N writes of the full checkpoint (G, D, EMA,
+both Adam states) of the model the flags build, e.g. `python bench.py --save_time 3 --preset sagan_imagenet_128`.
 """
 
 from __future__ import annotations
@@ -200,6 +203,35 @@ def time_to_accuracy(argv: Sequence[str], budget_s: float, every: int, n_samples
             "final_acc": curve[-1][2] if curve else float("nan")}
 
 
+def save_time(argv: Sequence[str], n: int) -> dict:
+    """Median wall time of `Trainer.save()` for the model the flags build, with Adam's moments filled in as
+    after the first step (the checkpoint's real size), written into --model_save_path/--version."""
+    import tempfile
+    from pathlib import Path
+
+    from main import KNOWN_CLASSES
+
+    args = get_parameters(list(argv) + ["--device", "cpu"])
+    if not any(a.startswith("--model_save_path") for a in argv):
+        args.model_save_path = tempfile.mkdtemp(prefix="sagan-save-")
+    trainer = Trainer(args, model_config(args, KNOWN_CLASSES.get(args.dataset, 0)))
+    for opt in (trainer.opt_g, trainer.opt_d):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()  # zero gradients: the moments exist (as after a real step) and the weights barely move
+    seconds = []
+    for k in range(n):
+        trainer.step = k + 1
+        t0 = time.perf_counter()
+        path = trainer.save()
+        seconds.append(time.perf_counter() - t0)
+        if k:
+            Path(path.parent, f"{k}.pt").unlink(missing_ok=True)
+    return {"median_s": statistics.median(seconds), "seconds": seconds, "bytes": path.stat().st_size, "folder": str(path.parent),
+            "G_params": sum(p.numel() for p in trainer.G.parameters()), "D_params": sum(p.numel() for p in trainer.D.parameters())}
+
+
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     if not spec:
         return [("base", [])]
@@ -224,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="instead of timing iterations: train each variant for up to SECONDS, timing 50/75/85%% class accuracy")
     p.add_argument("--acc_every", type=int, default=100, help="with --time_to_acc: steps between accuracy checks")
     p.add_argument("--acc_samples", type=int, default=1000, help="with --time_to_acc: samples per accuracy check")
+    p.add_argument("--save_time", type=int, default=None, metavar="N",
+                   help="instead of timing iterations: write the model's full checkpoint N times (README, 'Preemption')")
     own, rest = p.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
@@ -242,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in rows:
             cells = " | ".join(f"{v[0]} s (step {v[1]})" if v else f"not in {r['train_s']} s" for v in r["reached"].values())
             print(f"| {r['name']} | `{r['flags']}` | {r['s_per_step']:.3f} | {cells} | {r['final_acc']:.1%} ({r['steps']}) |")
+        return 0
+    if own.save_time:
+        r = save_time(rest, own.save_time)
+        print(f"checkpoint of {' '.join(rest)}: {r['bytes'] / 2**20:,.0f} MiB on disk, G {r['G_params']:,} / D {r['D_params']:,} "
+              f"parameters; write (torch.save, fsync, rename) median {r['median_s']:.2f} s over {own.save_time} "
+              f"(min {min(r['seconds']):.2f}, max {max(r['seconds']):.2f}) into {r['folder']}")
         return 0
     if own.gpu_hours:
         from parameter import PRESETS

@@ -150,13 +150,23 @@ def write_checkpoint(state: dict, folder: Path, stem: str, point_latest: bool, p
     return path
 
 
+def _missing_parents(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    out, p = [], folder
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
 class RunLock:
     """An exclusive lock on a run folder (`<folder>/.lock`, flock): a second training run on the same
     --version is refused instead of interleaving checkpoints. The kernel releases it when the process
-    ends, however it ends, so a killed run never leaves a stale lock."""
+    ends, however it ends, so a killed run never leaves a stale lock. Folders that the lock created are
+    removed again when nothing else was written into them."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.fd = folder, None
+        self.folder, self.fd, self.created = folder, None, _missing_parents(folder)
 
     def __enter__(self) -> "RunLock":
         import fcntl
@@ -176,16 +186,28 @@ class RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
+        if self.fd is None:
+            return
+        if self.created and [p.name for p in self.folder.iterdir()] == [".lock"]:
+            (self.folder / ".lock").unlink()
+            for p in self.created:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+        os.close(self.fd)  # closing releases the lock
+        self.fd = None
 
 
 def check_writable(folder: Path, flag: str) -> None:
-    """Create `folder` and write a probe file in it, so that a read-only or full location fails before training."""
+    """Fail early, with one line, when files cannot be written into `folder` (created later, if missing):
+    a probe file is written into it, or into its deepest existing parent, and removed."""
+    missing = _missing_parents(folder)
+    base = missing[-1].parent if missing else folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        if not base.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{base} is not a folder")
+        probe = base / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:

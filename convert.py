@@ -134,45 +134,46 @@ def convert(argv: Sequence[str]) -> Path:
         if src.ema_start_iter is not None and "ema_start" not in given:
             args.ema_start = src.ema_start_iter // (args.n_dis if src.format == "mmgen" else 1)
     folder = Path(args.model_save_path) / args.version
-    if checkpoints.step_numbers(folder) or (folder / "latest").exists():
-        raise CheckpointError(f"{folder} already holds checkpoints; pick another --version (nothing was overwritten)")
-    cfg = model_config(args, classes)
-    args.device = "cpu"
-    trainer = Trainer(args, cfg)
-    g_table, d_table = checkpoints.tables_for(src, trainer.G, trainer.D)
-    what = ", ".join(str(p) for p in src.files.values())
-    g = checkpoints.apply_table(g_table, src.G, trainer.G.state_dict(), f"{what} (G)")
-    d = checkpoints.apply_table(d_table, src.D, trainer.D.state_dict(), f"{what} (D)")
-    ema = checkpoints.apply_table(g_table, src.G_ema, trainer.G.state_dict(), f"{what} (G_ema)") if src.G_ema else None
-    flip_g, flip_d = checkpoints.rgb_flips(trainer.G, trainer.D) if src.bgr else (None, None)
-    trainer.G.load_state_dict(flip_g(g.state) if flip_g else g.state)
-    trainer.D.load_state_dict(flip_d(d.state) if flip_d else d.state)
-    if trainer.ema is not None:
-        trainer.ema.model.load_state_dict((flip_g(ema.state) if flip_g else ema.state) if ema else trainer.G.state_dict())
-        if ema is None:
-            notes.append("the source has no EMA generator: the EMA starts as a copy of G")
-    carried = []
-    for name, opt, their, table, theirs_sd, model, flip in (
-            ("G", trainer.opt_g, src.opt_g, g_table, src.G, trainer.G, flip_g),
-            ("D", trainer.opt_d, src.opt_d, d_table, src.D, trainer.D, flip_d)):
-        state = checkpoints.map_optimizer(their, table, theirs_sd, model, opt.state_dict(), flip) if their else None
-        if state is not None:
-            opt.load_state_dict(state)
-            carried.append(name)
-    if carried:
-        notes.append(f"Adam states of {' and '.join(carried)} carried over (learning rates, betas and eps from the flags)")
-    fresh = [n for n in ("G", "D") if n not in carried]
-    if fresh:
-        why = "the source has none" if src.opt_g is None and src.opt_d is None else "the source's do not map exactly"
-        notes.append(f"Adam states of {' and '.join(fresh)} start fresh ({why})")
-    iteration = src.iteration or 0
-    trainer.step = iteration // args.n_dis if src.format == "mmgen" else iteration
-    trainer.source = {
-        "format": src.format,
-        "files": {role: {"path": str(p.resolve()), "sha256": file_sha256(p)} for role, p in src.files.items()},
-        "iteration": src.iteration, "channel_order": "bgr" if src.bgr else "rgb", "notes": notes,
-    }
-    path = trainer.save()
+    with checkpoints.RunLock(folder):  # a training run on this version is refused, and vice versa
+        if checkpoints.step_numbers(folder) or (folder / "latest").exists():
+            raise CheckpointError(f"{folder} already holds checkpoints; pick another --version (nothing was overwritten)")
+        cfg = model_config(args, classes)
+        args.device = "cpu"
+        trainer = Trainer(args, cfg)
+        g_table, d_table = checkpoints.tables_for(src, trainer.G, trainer.D)
+        what = ", ".join(str(p) for p in src.files.values())
+        g = checkpoints.apply_table(g_table, src.G, trainer.G.state_dict(), f"{what} (G)")
+        d = checkpoints.apply_table(d_table, src.D, trainer.D.state_dict(), f"{what} (D)")
+        ema = checkpoints.apply_table(g_table, src.G_ema, trainer.G.state_dict(), f"{what} (G_ema)") if src.G_ema else None
+        flip_g, flip_d = checkpoints.rgb_flips(trainer.G, trainer.D) if src.bgr else (None, None)
+        trainer.G.load_state_dict(flip_g(g.state) if flip_g else g.state)
+        trainer.D.load_state_dict(flip_d(d.state) if flip_d else d.state)
+        if trainer.ema is not None:
+            trainer.ema.model.load_state_dict((flip_g(ema.state) if flip_g else ema.state) if ema else trainer.G.state_dict())
+            if ema is None:
+                notes.append("the source has no EMA generator: the EMA starts as a copy of G")
+        carried = []
+        for name, opt, their, table, theirs_sd, model, flip in (
+                ("G", trainer.opt_g, src.opt_g, g_table, src.G, trainer.G, flip_g),
+                ("D", trainer.opt_d, src.opt_d, d_table, src.D, trainer.D, flip_d)):
+            state = checkpoints.map_optimizer(their, table, theirs_sd, model, opt.state_dict(), flip) if their else None
+            if state is not None:
+                opt.load_state_dict(state)
+                carried.append(name)
+        if carried:
+            notes.append(f"Adam states of {' and '.join(carried)} carried over (learning rates, betas and eps from the flags)")
+        fresh = [n for n in ("G", "D") if n not in carried]
+        if fresh:
+            why = "the source has none" if src.opt_g is None and src.opt_d is None else "the source's do not map exactly"
+            notes.append(f"Adam states of {' and '.join(fresh)} start fresh ({why})")
+        iteration = src.iteration or 0
+        trainer.step = iteration // args.n_dis if src.format == "mmgen" else iteration
+        trainer.source = {
+            "format": src.format,
+            "files": {role: {"path": str(p.resolve()), "sha256": file_sha256(p)} for role, p in src.files.items()},
+            "iteration": src.iteration, "channel_order": "bgr" if src.bgr else "rgb", "notes": notes,
+        }
+        path = trainer.save()
     options = {"args": vars(args), "model_config": cfg.to_dict(), "source": trainer.source, "step": trainer.step}
     checkpoints.write_json_atomic(trainer.run["models"] / "training_options.json", options)
     for n in notes:

@@ -27,7 +27,7 @@ from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, write_json_atomic
+from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers, write_json_atomic
 from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
@@ -195,7 +195,10 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
     distributed.init(env, device)
     try:
         trainer = Trainer(args, cfg, loader, evaluator, env)
-        if args.pretrained_model:
+        fresh = args.pretrained_model == "latest" and not step_numbers(trainer.run["models"])
+        if fresh:  # one command line for the first submission and every requeue (README, "Preemption")
+            say(f"--pretrained_model latest: no checkpoint in {trainer.run['models']} yet; starting at step 0", flush=True)
+        elif args.pretrained_model:
             path = trainer.load(args.pretrained_model)
             if trainer.step > args.total_step:
                 raise ValueError(f"{path} is at step {trainer.step}, beyond --total_step {args.total_step}; pass a larger "

@@ -297,3 +297,13 @@ def test_save_of_a_large_model_is_announced_with_its_size_and_time(workdir: Path
     assert "writing checkpoint models/big/1.pt (" in err and "MiB)" in err and "wrote models/big/1.pt in " in err
     size = trainer_module.state_bytes(torch.load(workdir / "models/big/1.pt", weights_only=True))
     assert abs(size - (workdir / "models/big/1.pt").stat().st_size) < 0.2 * size
+
+
+def test_latest_on_a_new_version_starts_fresh_so_one_script_serves_every_requeue(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = BASE + ["--num_workers", "0", "--version", "q", "--pretrained_model", "latest", "--model_save_step", "2"]
+    assert main(argv + ["--total_step", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "--pretrained_model latest: no checkpoint in models/q yet; starting at step 0" in out and "step 1/2" in out
+    assert main(argv + ["--total_step", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from models/q/2.pt at step 2" in out and "step 3/4" in out

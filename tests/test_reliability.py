@@ -155,7 +155,7 @@ def test_full_disk_keeps_the_previous_checkpoint(workdir: Path, monkeypatch: pyt
     assert err.startswith("error: could not write models/disk/4.pt: the disk is full; the previous checkpoint models/disk/2.pt is kept")
     monkeypatch.setattr(trainer_module.torch, "save", real_save)
     folder = workdir / "models/disk"
-    assert sorted(p.name for p in folder.iterdir()) == ["2.pt", "latest", "training_options.json"]  # no temporary file left
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "2.pt", "latest", "training_options.json"]  # no temporary file left
     assert load_checkpoint(folder / "2.pt")["step"] == 2 and (folder / "latest").read_text().strip() == "2.pt"
 
 

@@ -51,7 +51,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from progress import Progress, duration
+from progress import Progress, duration, track
 from sagan_models import eval_mode
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -263,7 +263,8 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """Changes when the data changes: the size, the source files' names, sizes and mtimes, 16 images' pixels."""
     h = hashlib.sha256(str(len(dataset)).encode())
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    for p in getattr(base, "source_files", lambda: [])():
+    files = getattr(base, "source_files", lambda: [])()
+    for p in track(files, "fingerprinting the dataset's files (names, sizes, dates)", len(files), "files"):
         st = Path(p).stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     for i in np.unique(np.linspace(0, len(dataset) - 1, 16).round().astype(int)):

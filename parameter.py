@@ -19,11 +19,11 @@ import argparse
 import difflib
 import re
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from checkpoints import NAMED_CHECKPOINTS
 from metrics import WEIGHTS_NAME
-from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS
+from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_BLOCKS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS
 
 DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder", "fashion_mnist")
 LOSSES = ("hinge", "wgan-gp", "ns")
@@ -76,24 +76,21 @@ def optional_step(v: str) -> str | None:
     raise argparse.ArgumentTypeError(f"expected a checkpoint step number, 'latest' or one of {', '.join(NAMED_CHECKPOINTS)}; got {v!r}")
 
 
-def positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}")
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v!r}")
-    return n
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= low."""
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}")
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {v!r}")
+        return n
+    return parse
 
 
-def non_negative(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}")
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
-    return n
+positive = _at_least(1)
+non_negative = _at_least(0)
 
 
 def positive_step(v: str) -> int:
@@ -151,8 +148,8 @@ PRESETS: dict[str, dict] = {
     # Fashion-MNIST on 2 CPU cores, tuned for time to quality (BENCHMARKS.md, "fmnist_32"; README, "Real data")
     "fmnist_32": dict(dataset="fashion_mnist", imsize=32, arch="resnet", num_classes=-1, g_conv_dim=16, d_conv_dim=16,
                       global_batch=32, g_lr=4e-4, d_lr=1.6e-3, beta1=0.0, beta2=0.999, n_dis=1, channels_last=True,
-                      lr_decay=0.5, lr_decay_step=3000, ema=True, ema_decay=0.99, ema_start=3000,
-                      num_workers=0, total_step=4500, log_step=100, sample_step=500,
+                      lr_decay=0.5, lr_decay_step=2500, ema=True, ema_decay=0.99, ema_start=2500,
+                      num_workers=0, total_step=3500, log_step=100, sample_step=500,
                       model_save_step=500, eval_step=500,
                       eval_samples=2000, eval_metric="classifier"),
     # The README's first line
@@ -195,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--d_attn", type=resolutions, default=None, metavar="RES[,RES]|none",
                    help="D feature resolutions with attention (default: per image size)")
     a.add_argument("--attn_variant", type=str, default="official", choices=ATTN_VARIANTS)
+    a.add_argument("--attn_block", type=str, default="attention", choices=ATTN_BLOCKS,
+                   help="residual: a parameter-matched residual block at the attention resolutions (the paper's Table 1 control)")
     a.add_argument("--span", type=int, default=0, help="non-local span: each query ignores keys within this Chebyshev distance (0: plain SAGAN)")
     a.add_argument("--num_classes", type=int, default=-1, help="-1: from the dataset; 0: unconditional")
     a.add_argument("--g_sn", type=str2bool, default=True, help="spectral norm on G (D always has it)")

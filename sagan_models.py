@@ -25,6 +25,12 @@ What each part matches:
   64 px to 32-256 px. Channels at feature size r are conv_dim * imsize / (2r), so 64 px gives exactly
   heykeetae's 512-256-128-64.
 
+The control block of the paper's Table 1 "residual" rows (`attn_block="residual"`, `ResidualControl`):
+in place of each attention layer, y = x + gamma * conv(relu(conv(x))) with two bias-free SN 1x1
+convs C -> 5C/8 -> C, gamma starting at 0. It has exactly the attention layer's parameters (1.25 C^2 + 1
+for the official variant), so the comparison isolates attention from added capacity. The paper gives
+no details of its residual block; this one is ours.
+
 Span-masked ("non-local") attention, from zhengs81/SAGAN_PyTorch: with span s >= 1, each query
 excludes every key within Chebyshev distance <= s of itself, a (2s+1)^2 square that includes the
 query and is clipped at the border, before the softmax. s = 0 is plain SAGAN, with no mask at all.
@@ -89,6 +95,7 @@ ARCHS = ("resnet", "dcgan")
 ATTN_VARIANTS = ("official", "paper")
 ATTN_BACKENDS = ("sdpa", "math")
 INITS = ("xavier", "ortho", "pytorch")
+ATTN_BLOCKS = ("attention", "residual")  # what sits at the g_attn/d_attn resolutions (residual: Table 1's control)
 SN_LAYERS = ("all", "port")  # DCGAN: SN on every layer (paper), or on the up/down convs only (heykeetae)
 CONVT_SN_DIMS = (1, 0)  # ConvTranspose SN matrix: 1 = (out, in*k*k) (torch), 0 = (in, out*k*k) (heykeetae)
 
@@ -131,6 +138,7 @@ class ModelConfig:
     g_attn: tuple[int, ...] | None = None  # feature resolutions; None: per-size default; (): none
     d_attn: tuple[int, ...] | None = None
     attn_variant: str = "official"
+    attn_block: str = "attention"  # "residual": a parameter-matched residual block instead (ResidualControl)
     span: int = 0
     g_sn: bool = True
     cbn_sn: bool = False
@@ -151,6 +159,11 @@ class ModelConfig:
             )
         if self.attn_variant not in ATTN_VARIANTS:
             raise ValueError(f"unknown attention variant {self.attn_variant!r}; choose one of {', '.join(ATTN_VARIANTS)}")
+        if self.attn_block not in ATTN_BLOCKS:
+            raise ValueError(f"unknown attn_block {self.attn_block!r}; choose one of {', '.join(ATTN_BLOCKS)}")
+        if self.attn_block == "residual" and (self.attn_variant != "official" or self.span):
+            raise ValueError("attn_block residual matches the official attention layer's parameters; use it with "
+                             "attn_variant official and span 0")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.sn_layers not in SN_LAYERS:
@@ -365,6 +378,30 @@ class SelfAttention(nn.Module):
         return (y, attn) if return_attn else y
 
 
+class ResidualControl(nn.Module):
+    """y = x + gamma * conv2(relu(conv1(x))): 1x1 convs C -> 5C/8 -> C, bias-free, SN, gamma from 0.
+    The paper's Table 1 "residual" control, with exactly the official attention layer's parameters."""
+
+    def __init__(self, channels: int, sn: bool = True, sn_eps: float = 1e-12) -> None:
+        super().__init__()
+        if channels % 8:
+            raise ValueError(f"the residual control block needs a channel count divisible by 8, got {channels}")
+        hidden = 5 * channels // 8  # 2 * C * 5C/8 = 1.25 C^2, the attention layer's C^2/8 + C^2/8 + C^2/2 + C^2/2
+        self.conv1 = conv(channels, hidden, 1, sn, sn_eps, bias=False)
+        self.conv2 = conv(hidden, channels, 1, sn, sn_eps, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return x + self.gamma * self.conv2(F.relu(self.conv1(x)))  # (B, C, H, W)
+
+
+def attention_block(ch: int, cfg: ModelConfig, sn: bool) -> nn.Module:
+    """What goes at an attention resolution: SAGAN attention, or the parameter-matched residual control."""
+    if cfg.attn_block == "residual":
+        return ResidualControl(ch, sn, cfg.sn_eps)
+    return SelfAttention(ch, cfg.attn_variant, cfg.span, sn, cfg.sn_eps)
+
+
 # ----------------------------------------------------------------------------------------------
 # ResNet blocks (official generator_test, discriminator_test; MMGeneration; StudioGAN with relu_shortcut)
 
@@ -512,7 +549,7 @@ class Generator(nn.Module):
 
         def add_attn(res: int, ch: int) -> None:
             if res in attn:
-                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, edge_sn, eps))
+                self.blocks.append(attention_block(ch, cfg, edge_sn))
 
         if cfg.arch == "resnet":
             chans = [m * cfg.g_conv_dim for m in RESNET_G[cfg.imsize]]
@@ -561,7 +598,7 @@ class Discriminator(nn.Module):
         def add_attn(res: int, ch: int) -> None:
             if res in pending:  # after the first block reaching this resolution
                 pending.discard(res)
-                self.blocks.append(SelfAttention(ch, cfg.attn_variant, cfg.span, edge_sn, eps))
+                self.blocks.append(attention_block(ch, cfg, edge_sn))
 
         res, cin = cfg.imsize, 3
         if cfg.arch == "resnet":

@@ -51,7 +51,7 @@ from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, l
 from data_loader import check_bad_files
 from distributed import DistEnv
 from progress import duration
-from sagan_models import Discriminator, Generator, ModelConfig, SelfAttention, sample, set_attention_backend
+from sagan_models import Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, sample, set_attention_backend
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -112,6 +112,7 @@ def model_config(args: Namespace, num_classes: int) -> ModelConfig:
     return ModelConfig(
         imsize=args.imsize, arch=args.arch, z_dim=args.z_dim, g_conv_dim=args.g_conv_dim, d_conv_dim=args.d_conv_dim,
         num_classes=num_classes, g_attn=args.g_attn, d_attn=args.d_attn, attn_variant=args.attn_variant, span=args.span,
+        attn_block=getattr(args, "attn_block", "attention"),
         g_sn=args.g_sn, cbn_sn=args.cbn_sn, init=args.init, bn_eps=args.bn_eps, sn_eps=args.sn_eps,
         d_relu_shortcut=args.d_relu_shortcut, sn_layers=args.sn_layers, convt_sn_dim=args.convt_sn_dim,
     ).resolved()
@@ -123,9 +124,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def attention_gammas(model: nn.Module) -> dict[str, float]:
-    """name -> gamma of every attention layer (works through DataParallel)."""
+    """name -> gamma of every attention layer, or of its residual control block (works through DataParallel)."""
     model = model.module if isinstance(model, nn.DataParallel) else model
-    return {name: m.gamma.item() for name, m in model.named_modules() if isinstance(m, SelfAttention)}
+    return {name: m.gamma.item() for name, m in model.named_modules() if isinstance(m, (SelfAttention, ResidualControl))}
 
 
 def rng_state() -> dict:

@@ -196,3 +196,60 @@ def save_figures(figures: list[Image.Image], folder: Path, prefix: str) -> list[
         fig.save(p)
         paths.append(p)
     return paths
+
+
+# Distinct colours for line plots (Tableau 10).
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float], list[float], list[float]]], title: str, ylabel: str,
+              size: tuple[int, int] = (900, 560)) -> Image.Image:
+    """A line plot drawn with PIL: `series` maps a name to (x, mean, low, high); each is drawn as its mean
+    line over a translucent low-high band, with a legend. Axes span the data; ticks at round values."""
+    width, height = size
+    left, right, top, bottom = 70, 250, 40, 50
+    xs = [x for s in series.values() for x in s[0]]
+    ys = [y for s in series.values() for part in s[1:] for y in part]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (width - left - right), top + (y1 - y) / (y1 - y0) * (height - top - bottom))
+
+    img = Image.new("RGBA", size, (255, 255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
+    step = 10 ** math.floor(math.log10((y1 - y0) / 4)) if y1 > y0 else 1
+    step *= 5 if (y1 - y0) / step > 20 else 2 if (y1 - y0) / step > 8 else 1
+    t = math.ceil(y0 / step) * step
+    while t <= y1:
+        _, yy = px(x0, t)
+        draw.line([left - 4, yy, width - right, yy], fill=(225, 225, 225))
+        draw.text((8, yy - 6), f"{t:g}", fill=(0, 0, 0))
+        t += step
+    for x in sorted(set(xs)):
+        xx, _ = px(x, y0)
+        draw.line([xx, height - bottom, xx, height - bottom + 4], fill=(0, 0, 0))
+        draw.text((xx - 12, height - bottom + 8), f"{x:g}", fill=(0, 0, 0))
+    draw.text((left, 12), title, fill=(0, 0, 0))
+    draw.text((width - right - 40, height - 18), "step", fill=(0, 0, 0))
+    draw.text((8, top - 24), ylabel, fill=(0, 0, 0))
+    for k, (name, (x, mean, low, high)) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        band = Image.new("RGBA", size, (0, 0, 0, 0))
+        if len(x) > 1:
+            ImageDraw.Draw(band).polygon([px(a, b) for a, b in zip(x, high)] + [px(a, b) for a, b in zip(x[::-1], low[::-1])],
+                                         fill=(*colour, 40))
+            img = Image.alpha_composite(img, band)
+            draw = ImageDraw.Draw(img)
+            draw.line([px(a, b) for a, b in zip(x, mean)], fill=colour, width=2)
+        for a, b in zip(x, mean):
+            cx, cy = px(a, b)
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        ly = top + 16 * k
+        draw.line([width - right + 10, ly + 6, width - right + 30, ly + 6], fill=colour, width=3)
+        draw.text((width - right + 36, ly), name, fill=(0, 0, 0))
+    return img.convert("RGB")

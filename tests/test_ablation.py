@@ -1,0 +1,74 @@
+"""The Fashion-MNIST ablation (issue 17): variants as flag sets over the normal run, seeds, resume, report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import ablation
+from parameter import get_parameters
+from test_fmnist import fake_fmnist
+from trainer import model_config
+
+TINY = shlex.split("--g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 8")
+
+
+def test_variants_resolve_and_residual_controls_match_attention_parameters(capsys: pytest.CaptureFixture) -> None:
+    counts = {name: ablation.variant_counts(flags) for name, flags in ablation.FMNIST_VARIANTS}
+    for name, flags in ablation.FMNIST_VARIANTS:
+        cfg = model_config(get_parameters(["--preset", "fmnist_32", *shlex.split(flags)]), 10)
+        assert cfg.imsize == 32 and cfg.num_classes == 10
+    for place in ("8", "16", "32 (G; D at 16)"):
+        att, res = sum(counts[f"attention {place}" + (" (SAGAN)" if place == "16" else "")]), sum(counts[f"residual {place}"])
+        assert abs(res - att) <= 0.05 * att, (place, att, res)
+    assert sum(counts["no attention"]) < sum(counts["attention 16 (SAGAN)"])
+    assert counts["attention 16 (SAGAN)"] == (380_804, 68_450)  # the fmnist_32 preset itself
+    assert {k for k in counts if k.startswith(("attention", "residual"))} >= {"attention 8", "residual 8", "residual 16"}
+    names = {n for n, _ in ablation.FMNIST_VARIANTS}
+    assert {"no SN on G", "equal rates 4e-4", "equal rates 1.6e-3, n_dis 5", "no attention"} <= names
+    assert ablation.main(["--dataset", "fashion_mnist", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {name} |" in out for name in names) and "| 380,804 | 68,450 |" in out
+
+
+@pytest.mark.slow
+def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_fmnist(tmp_path / "fm", n_train=64, n_test=40)
+    argv = ["--dataset", "fashion_mnist", "--seeds", "2", "--only", "1,residual_16", "--eval_every", "1",
+            "--eval_samples", "20", "--out", "abl", "--data_dir", str(tmp_path / "fm"), *TINY]
+    assert ablation.main(argv + ["--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("== ") == 4  # 2 variants x 2 seeds, through main.py's own entry point
+    table = (tmp_path / "abl/table.md").read_text()
+    assert "2 steps, seeds [0, 1], 20 samples per evaluation" in table
+    for name in ("attention 16 (SAGAN)", "residual 16"):
+        row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
+        assert row.count("±") == 6 and row.split("|")[-3].strip() == "2", row  # 3 metrics x (end, best), 2 seeds
+    assert "larger than the sum of the two standard deviations" in table
+    results = json.loads((tmp_path / "abl/results.json").read_text())
+    assert [r["seeds_done"] for r in results["rows"]] == [[0, 1], [0, 1]]
+    assert all(0 <= r["cls_acc_end"][0] <= 1 and r["G_params"] > 0 for r in results["rows"])
+    with Image.open(tmp_path / "abl/cls_acc.png") as plot:
+        assert plot.size == (900, 560) and len(set(plot.convert("RGB").getdata())) > 10
+    for name in ("attention_16_SAGAN", "residual_16"):
+        with Image.open(tmp_path / f"abl/grids/{name}.png") as grid:
+            assert grid.size[0] > 100
+    for seed in (0, 1):  # one evaluation per step, and the grid from the last step
+        records = [json.loads(ln) for ln in (tmp_path / f"abl/models/residual_16_s{seed}/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2] and all("gan_train_acc" in r for r in records)
+    # Run again: finished runs are kept as they are.
+    before = (tmp_path / "abl/models/residual_16_s1/2.pt").stat().st_mtime_ns
+    assert ablation.main(argv + ["--steps", "2"]) == 0
+    assert "== " not in capsys.readouterr().out
+    assert (tmp_path / "abl/models/residual_16_s1/2.pt").stat().st_mtime_ns == before
+    # Longer: every run resumes from its latest checkpoint.
+    assert ablation.main(argv + ["--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("resumed from abl/models/") == 4 and "at step 2" in out
+    assert "3 steps, seeds [0, 1]" in (tmp_path / "abl/table.md").read_text()

@@ -192,7 +192,7 @@ def test_missing_weights_fail_before_sampling(workdir: Path, capsys: pytest.Capt
 def test_evaluation_does_not_change_training(weights: Path, workdir: Path, capsys: pytest.CaptureFixture) -> None:
     def run(version: str, *extra: str) -> tuple[list[str], dict]:
         assert main(TRAIN + ["--total_step", "4", "--version", version, *extra]) == 0
-        lines = [ln.split(" img/s")[0].rsplit(" ", 1)[0] for ln in capsys.readouterr().out.splitlines()
+        lines = [ln.split(" s/step")[0].rsplit(" ", 1)[0] for ln in capsys.readouterr().out.splitlines()
                  if ln.startswith("step ")]
         return lines, torch.load(workdir / "models" / version / "4.pt", weights_only=True)
 

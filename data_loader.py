@@ -469,8 +469,9 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
     data_dir = Path(args.data_dir) if args.data_dir else None
     name, imsize = args.dataset, args.imsize
     if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
-        what = "lmdb folder" if name == "lsun" else "folder"
-        raise DatasetError(f"--data_dir {data_dir} is a file, not a folder; pass the {what} that holds the {name} data")
+        what = {"lsun": "the lmdb folder of the LSUN category", "cifar10": "the cifar-10-batches-py folder",
+                "fashion_mnist": "the folder of the four idx files"}.get(name, "the folder of the images")
+        raise DatasetError(f"--data_dir {data_dir} is a file, not a folder; pass {what}")
 
     if name == "shapes":
         n = getattr(args, "max_images", 0)

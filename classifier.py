@@ -16,9 +16,11 @@ Protocol: samples come from `metrics.generate` (z ~ N(0, I), uniform labels, a p
 eval mode) and are quantised to uint8 exactly as written PNGs are; real images pass through the same
 quantisation, so the classifier sees both the same way. The classifier (three conv-BN-ReLU-maxpool
 stages, a 128-d hidden layer) is trained with Adam (lr 2e-3, cosine decay, batches of 128) for
-`EPOCHS` epochs of its images, at most `MAX_STEPS` steps, seeded. It is cached in
-`<cache>/classifier/` with its held-out accuracy and the reference feature statistics; a change of
-the data (its fingerprint), the image size, the seed or this module's version trains it again.
+`EPOCHS` epochs of its images, at most `MAX_STEPS` steps, from the fixed seed `SEED` (not the
+training run's --seed, so that every run, every seed of an ablation included, is scored by the same
+classifier). It is cached in `<cache>/classifier/` with its held-out accuracy and the reference
+feature statistics; a change of the data (its fingerprint), the image size, the seed or this
+module's version trains it again.
 GAN-train uses the same recipe on the samples; the cache also records what that recipe scores when
 trained on 10,000 real training images (`gan_train_real`), the ceiling a perfect generator reaches.
 """
@@ -40,6 +42,7 @@ from metrics import (EvalError, _private_rng, count_tag, dataset_fingerprint, fi
                      save_atomic, to_uint8)
 from progress import track
 
+SEED = 0  # the classifier's own seed, the same for every run it scores
 VERSION = 2  # bump when the architecture or the recipe changes: old caches are then never reused
 EPOCHS = 4
 MAX_STEPS = 1500  # Fashion-MNIST: 3.2 epochs of 60,000 images

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 import distributed
-from classifier import ClassifierEvaluator
+from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader
 from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
@@ -84,7 +84,7 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
         raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(CLASSIFIER_DATASETS)}); "
                         f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
     return ClassifierEvaluator(dataset, test, name, args.imsize, KNOWN_CLASSES[args.dataset], device,
-                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, args.seed)
+                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED)
 
 
 def report(result: dict, json_path: Path, evaluator: "Evaluator | ClassifierEvaluator") -> None:

@@ -4,17 +4,38 @@ On a terminal a tqdm bar on stderr; elsewhere (a log file, SLURM, CI) plain line
 the phase starts, one after 5 s and then every `SAGAN_PROGRESS_SECONDS` (default 30) with the count,
 the rate and the time left, and one when it ends with the time it took (phases shorter than a second end silently).
 Callers print the line that says what a phase is and where its result goes.
+
+Inside `abortable(check)` (the trainer wraps its evaluations in it), every progress update first
+calls `check()` and raises `Interrupted` when it returns true, so that a stop signal does not wait for
+a long evaluation to finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 FIRST_AFTER = 5.0
+_abort: Callable[[], bool] | None = None
+
+
+class Interrupted(Exception):
+    """A phase run under `abortable` was abandoned (its check returned true)."""
+
+
+@contextlib.contextmanager
+def abortable(check: Callable[[], bool]) -> Iterator[None]:
+    """Phases with progress inside this block raise Interrupted at their next update once `check()` is true."""
+    global _abort
+    old, _abort = _abort, check
+    try:
+        yield
+    finally:
+        _abort = old
 
 
 def interval() -> float:
@@ -53,6 +74,8 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        if _abort is not None and _abort():
+            raise Interrupted(self.what)
         if not self.enabled:
             return
         if self.bar is not None:

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
 import distributed
+import progress
 import spectral
 from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, load_checkpoint, prune, write_checkpoint,
                          write_json_atomic)
@@ -700,7 +701,11 @@ class Trainer:
                     self.attention_snapshot(writer)
                 if (main and self.stop_signal is None and self.evaluator is not None and a.eval_step
                         and (self.step % a.eval_step == 0 or self.step == a.total_step)):
-                    self.evaluate(writer)
+                    try:
+                        with progress.abortable(lambda: self.stop_signal is not None):
+                            self.evaluate(writer)
+                    except progress.Interrupted as e:
+                        print(f"evaluation at step {self.step} abandoned ({e}): a stop signal arrived", file=sys.stderr, flush=True)
                 if self.step % a.model_save_step == 0 or self.step == a.total_step:
                     self.save()
                     last_step_saved = self.step

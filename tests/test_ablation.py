@@ -52,6 +52,7 @@ def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_pa
         row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
         assert row.count("±") == 6 and row.split("|")[-3].strip() == "2", row  # 3 metrics x (end, best), 2 seeds
     assert "larger than the sum of the two standard deviations" in table
+    assert len(list((tmp_path / "abl/cache/classifier").glob("*.pt"))) == 1  # every seed is scored by one classifier
     results = json.loads((tmp_path / "abl/results.json").read_text())
     assert [r["seeds_done"] for r in results["rows"]] == [[0, 1], [0, 1]]
     assert all(0 <= r["cls_acc_end"][0] <= 1 and r["G_params"] > 0 for r in results["rows"])

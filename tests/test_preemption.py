@@ -307,3 +307,37 @@ def test_latest_on_a_new_version_starts_fresh_so_one_script_serves_every_requeue
     assert main(argv + ["--total_step", "4"]) == 0
     out = capsys.readouterr().out
     assert "resumed from models/q/2.pt at step 2" in out and "step 3/4" in out
+
+
+def test_a_signal_abandons_a_running_evaluation(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """SIGTERM while Inception scores the step-2 samples: the evaluation stops at its next batch, nothing of
+    it is recorded, and the run saves step 2 and exits 3 without waiting for the rest."""
+    weights = fakedata.inception_weights(workdir / "inception.pth")
+    calls = {"eval": 0}
+    original = metrics.Inception.__call__
+
+    def scoring(self: metrics.Inception, images: torch.Tensor):  # type: ignore[no-untyped-def]
+        if calls.get("training"):
+            calls["eval"] += 1
+            if calls["eval"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, images)
+
+    monkeypatch.setattr(metrics.Inception, "__call__", scoring)
+    real_train = trainer_module.Trainer.train
+
+    def train(self: trainer_module.Trainer) -> None:  # reference statistics are done: count the evaluation's batches
+        calls["training"] = True
+        real_train(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train", train)
+    argv = BASE + ["--num_workers", "0", "--version", "e", "--total_step", "50", "--eval_step", "2", "--eval_samples", "32",
+                   "--eval_batch_size", "8", "--eval_ref_samples", "16", "--inception_weights", str(weights),
+                   "--eval_cache_dir", str(workdir / "cache"), "--eval_metric", "inception"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "evaluation at step 2 abandoned (evaluation: Inception features of 32 samples): a stop signal arrived" in err
+    assert "stopped: received SIGTERM at step 2: saved models/e/2.pt" in err
+    assert calls["eval"] == 1  # one of the four batches
+    assert not (workdir / "models/e/metrics.jsonl").exists() or not (workdir / "models/e/metrics.jsonl").read_text().strip()
+    assert load_checkpoint(workdir / "models/e/2.pt")["step"] == 2

@@ -237,14 +237,16 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
     draw.text((left, 12), title, fill=(0, 0, 0))
     draw.text((width - right - 40, height - 18), "step", fill=(0, 0, 0))
     draw.text((8, top - 24), ylabel, fill=(0, 0, 0))
-    for k, (name, (x, mean, low, high)) in enumerate(series.items()):
-        colour = PALETTE[k % len(PALETTE)]
-        band = Image.new("RGBA", size, (0, 0, 0, 0))
+    for k, (x, _, low, high) in enumerate(series.values()):  # every band first, so that no band covers a line
         if len(x) > 1:
-            ImageDraw.Draw(band).polygon([px(a, b) for a, b in zip(x, high)] + [px(a, b) for a, b in zip(x[::-1], low[::-1])],
-                                         fill=(*colour, 40))
+            band = Image.new("RGBA", size, (0, 0, 0, 0))
+            polygon = [px(a, b) for a, b in zip(x, high)] + [px(a, b) for a, b in zip(x[::-1], low[::-1])]
+            ImageDraw.Draw(band).polygon(polygon, fill=(*PALETTE[k % len(PALETTE)], 40))
             img = Image.alpha_composite(img, band)
-            draw = ImageDraw.Draw(img)
+    draw = ImageDraw.Draw(img)
+    for k, (name, (x, mean, _, _)) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        if len(x) > 1:
             draw.line([px(a, b) for a, b in zip(x, mean)], fill=colour, width=2)
         for a, b in zip(x, mean):
             cx, cy = px(a, b)

@@ -48,7 +48,7 @@ from typing import Sequence
 import torch
 
 from parameter import get_parameters
-from sagan_models import set_attention_backend
+from sagan_models import count_params, set_attention_backend
 from trainer import Trainer, model_config, resolve_device
 
 
@@ -229,7 +229,7 @@ def save_time(argv: Sequence[str], n: int) -> dict:
         if k:
             Path(path.parent, f"{k}.pt").unlink(missing_ok=True)
     return {"median_s": statistics.median(seconds), "seconds": seconds, "bytes": path.stat().st_size, "folder": str(path.parent),
-            "G_params": sum(p.numel() for p in trainer.G.parameters()), "D_params": sum(p.numel() for p in trainer.D.parameters())}
+            "G_params": count_params(trainer.G), "D_params": count_params(trainer.D)}
 
 
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:

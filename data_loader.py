@@ -247,13 +247,13 @@ def check_image_files(files: list[Path], where: Path, samples: int = 32) -> list
     """`files`, after reading the headers of up to `samples` of them spread over the list: an error
     when none is an image at least MIN_SIDE pixels on its short side (all too small, or none readable)."""
     pick = [files[int(i)] for i in np.unique(np.linspace(0, len(files) - 1, min(samples, len(files))).round())]
-    sizes, unreadable = [], 0
+    sizes = []
     for f in pick:
         try:
             with Image.open(f) as img:
                 sizes.append(img.size)
-        except Exception:  # noqa: BLE001 - any failure to read a header counts as unreadable
-            unreadable += 1
+        except Exception:  # noqa: BLE001 - a file whose header cannot be read is not counted
+            continue
     if any(min(wh) >= MIN_SIDE for wh in sizes):
         return files
     if not sizes:

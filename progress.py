@@ -55,17 +55,15 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """`with Progress("reference statistics", total, "images") as p: ... p.update(n)`; `enabled=False` is silent."""
+    """`with Progress("reference statistics", total, "images") as p: ... p.update(n)`."""
 
-    def __init__(self, what: str, total: int | None, unit: str = "items", enabled: bool = True) -> None:
-        self.what, self.total, self.unit, self.enabled = what, total, unit, enabled
+    def __init__(self, what: str, total: int | None, unit: str = "items") -> None:
+        self.what, self.total, self.unit = what, total, unit
         self.done, self.bar = 0, None
         self.t0 = time.perf_counter()
         self.t_last = self.t0 - max(0.0, interval() - FIRST_AFTER)  # the first status line comes after FIRST_AFTER s
 
     def __enter__(self) -> "Progress":
-        if not self.enabled:
-            return self
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -76,8 +74,6 @@ class Progress:
         self.done += n
         if _abort is not None and _abort():
             raise Interrupted(self.what)
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.update(n)
             return
@@ -97,13 +93,13 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
         took = time.perf_counter() - self.t0
-        if self.enabled and exc_type is None and took >= 1.0:
+        if exc_type is None and took >= 1.0:
             print(f"{self.what}: {self.done:,} {self.unit} in {duration(took)}", file=sys.stderr, flush=True)
 
 
-def track(items: Iterable[T], what: str, total: int | None = None, unit: str = "items", enabled: bool = True) -> Iterator[T]:
+def track(items: Iterable[T], what: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
     """Iterate `items`, reporting one unit per item."""
-    with Progress(what, total, unit, enabled) as p:
+    with Progress(what, total, unit) as p:
         for x in items:
             yield x
             p.update(1)

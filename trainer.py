@@ -709,9 +709,8 @@ class Trainer:
                 if self.step % a.model_save_step == 0 or self.step == a.total_step:
                     self.save()
                     last_step_saved = self.step
-            if stop and last_step_saved != self.step:
+            if last_step_saved != self.step:  # a stop between scheduled saves: save here, still under the handlers
                 self.save()
-                last_step_saved = self.step
         bar.close()
         if writer:
             writer.close()
@@ -720,5 +719,3 @@ class Trainer:
             saved = f"saved {self.last_saved}" if self.dist.is_main else f"rank 0 saved step {self.step}"
             raise Preempted(f"{who}received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
                             f"{saved}; resume with --pretrained_model latest")
-        if last_step_saved != self.step:
-            self.save()

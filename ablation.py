@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
 
+import visualize
 from classifier import ClassifierEvaluator
 from data_loader import FMNIST_CLASSES, SHAPE_CLASSES, SHAPES_SEED, Shapes
 from main import main as run_main
@@ -79,6 +81,14 @@ FMNIST_VARIANTS: list[tuple[str, str]] = [
     ("equal rates 1.6e-3, n_dis 5", "--g_attn 16 --d_attn 16 --g_lr 1.6e-3 --n_dis 5"),
 ]
 FMNIST_BASELINE = "attention 16 (SAGAN)"
+# The plot's panels: the paper's questions, each drawn against the SAGAN default on one shared y axis.
+FMNIST_PANELS: list[tuple[str, list[str]]] = [
+    ("where attention goes (Table 1)", ["no attention", "attention 8", FMNIST_BASELINE, "attention 32 (G; D at 16)"]),
+    ("a residual block of the same size instead (Table 1)",
+     ["residual 8", "residual 16", "residual 32 (G; D at 16)", FMNIST_BASELINE]),
+    ("spectral norm on G and TTUR (Figure 3)",
+     [FMNIST_BASELINE, "no SN on G", "equal rates 4e-4", "equal rates 1.6e-3, n_dis 5"]),
+]
 FMNIST_STEPS = 600  # 10 variants x 3 seeds: an estimated 2.5-3 h on 2 CPU cores (README, "The Fashion-MNIST ablation")
 METRICS = (("cls_acc", "class accuracy", "{:.1%}"), ("gan_train_acc", "GAN-train accuracy", "{:.1%}"), ("fid_cls", "classifier FD", "{:.1f}"))
 
@@ -133,10 +143,29 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def accuracy_plot(curves: dict[str, tuple[list[float], ...]], steps: int) -> Image.Image:
+    """Class accuracy against step (mean line, min-max band over seeds): one panel per FMNIST_PANELS entry
+    that has a finished variant, then one for any variant no panel names; one y axis and one colour per
+    variant throughout."""
+    names = [n for n, _ in FMNIST_VARIANTS] + [n for n in curves if n not in dict(FMNIST_VARIANTS)]
+    colours = {n: visualize.PALETTE[k % len(visualize.PALETTE)] for k, n in enumerate(names)}
+    ys = [y for c in curves.values() for part in c[1:] for y in part]
+    y_range = (min(ys) - 0.05 * (max(ys) - min(ys) or 1), max(ys) + 0.05 * (max(ys) - min(ys) or 1))
+    named = {n for _, members in FMNIST_PANELS for n in members}
+    panels = FMNIST_PANELS + [("other variants", [n for n in curves if n not in named])]
+    images = []
+    for title, members in panels:
+        series = {n: curves[n] for n in members if n in curves}
+        if series:
+            images.append(visualize.line_plot(
+                series, f"({chr(ord('a') + len(images))}) {title}", "class accuracy (%)", size=(900, 420),
+                colours=colours, y_range=y_range))
+    return visualize.stack(images, f"Fashion-MNIST, fmnist_32 settings, {steps} steps: class accuracy "
+                                   "(mean over seeds, min-max band)")
+
+
 def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra: Sequence[str]) -> str:
     """Table (markdown), results.json, the accuracy plot and one grid per variant, from the runs' metrics.jsonl."""
-    import visualize
-
     out, seeds = Path(a.out), list(range(a.seed, a.seed + a.seeds))
     results, curves = [], {}
     for name, flags in variants:
@@ -150,6 +179,7 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
             row[f"{key}_best"] = _mean_std([b[key] for b in best]) if done else None
         row["best_steps"] = [max(runs[s], key=lambda r: r["cls_acc"])["step"] for s in done]
         row["minutes"] = [round(runs[s][-1]["train_seconds"] / 60, 1) for s in done]
+        row["eval_minutes"] = [round(sum(r["seconds"] for r in runs[s]) / 60, 1) for s in done]
         results.append(row)
         if done:
             steps = [r["step"] for r in runs[done[0]]]
@@ -160,8 +190,7 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
                 (out / "grids").mkdir(parents=True, exist_ok=True)
                 shutil.copy(grid, out / "grids" / f"{slug(name)}.png")
     if curves:
-        visualize.line_plot(curves, f"Fashion-MNIST, fmnist_32 settings, {a.steps} steps: class accuracy (mean, min-max over seeds)",
-                            "cls_acc (%)").save(out / "cls_acc.png")
+        accuracy_plot(curves, a.steps).save(out / "cls_acc.png")
     (out / "results.json").write_text(json.dumps({"steps": a.steps, "seeds": seeds, "eval_samples": a.eval_samples,
                                                   "rows": results}, indent=2))
     tag = f"{a.eval_samples // 1000}k" if a.eval_samples % 1000 == 0 else str(a.eval_samples)
@@ -180,12 +209,15 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
         cells = " | ".join(cell(r[f"{k}_end"], f) for k, _, f in METRICS) + " | " + " | ".join(cell(r[f"{k}_best"], f) for k, _, f in METRICS)
         mins = f"{statistics.fmean(r['minutes']):.1f}" if r["minutes"] else "-"
         lines.append(f"| {r['variant']} | `{r['flags']}` | {r['G_params']:,} / {r['D_params']:,} | {cells} | {len(r['seeds_done'])} | {mins} |")
-    base = next((r for r in results if r["variant"] == FMNIST_BASELINE and r["cls_acc_end"]), None)
+    train, evals = sum(sum(r["minutes"]) for r in results), sum(sum(r["eval_minutes"]) for r in results)
+    lines += ["", f"Compute: {sum(len(r['seeds_done']) for r in results)} finished runs, {train:.0f} min of training + "
+              f"{evals:.0f} min of evaluation = {(train + evals) / 60:.1f} h (startup and checkpoint writes not counted)"]
+    base = next((r for r in results if r["variant"] == FMNIST_BASELINE and len(r["seeds_done"]) > 1), None)
     if base is not None:
         lines += ["", f"Differences from {FMNIST_BASELINE} at the end larger than the sum of the two standard deviations:"]
         found = False
         for r in results:
-            if r is base or not r["cls_acc_end"]:
+            if r is base or len(r["seeds_done"]) < 2:  # one seed has no spread to compare
                 continue
             for k, label, f in METRICS:
                 (m1, s1), (m0, s0) = r[f"{k}_end"], base[f"{k}_end"]

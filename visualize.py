@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from metrics import to_uint8
@@ -203,18 +203,35 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's bundled font at `size` px where FreeType is available; its fixed bitmap font otherwise."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
+
+
 def line_plot(series: dict[str, tuple[list[float], list[float], list[float], list[float]]], title: str, ylabel: str,
-              size: tuple[int, int] = (900, 560)) -> Image.Image:
+              size: tuple[int, int] = (900, 560), colours: dict[str, tuple[int, int, int]] | None = None,
+              y_range: tuple[float, float] | None = None) -> Image.Image:
     """A line plot drawn with PIL: `series` maps a name to (x, mean, low, high); each is drawn as its mean
-    line over a translucent low-high band, with a legend. Axes span the data; ticks at round values."""
+    line over a translucent low-high band, with a legend. `colours` fixes a colour per name (so that one
+    variant keeps its colour across panels; PALETTE in order otherwise), `y_range` the y axis (the data's
+    span otherwise, so that panels can share one axis). Ticks at round values."""
     width, height = size
-    left, right, top, bottom = 70, 250, 40, 50
+    font, small = _font(14), _font(12)
+    left, right, top, bottom = 70, 260, 52, 50
+    colours = colours or {}
+    colour_of = {name: colours.get(name, PALETTE[k % len(PALETTE)]) for k, name in enumerate(series)}
     xs = [x for s in series.values() for x in s[0]]
     ys = [y for s in series.values() for part in s[1:] for y in part]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
+    if y_range is None:
+        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+        pad = 0.05 * (y1 - y0)
+        y0, y1 = y0 - pad, y1 + pad
+    else:
+        y0, y1 = y_range
 
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + (x - x0) / (x1 - x0) * (width - left - right), top + (y1 - y) / (y1 - y0) * (height - top - bottom))
@@ -228,30 +245,43 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
     while t <= y1:
         _, yy = px(x0, t)
         draw.line([left - 4, yy, width - right, yy], fill=(225, 225, 225))
-        draw.text((8, yy - 6), f"{t:g}", fill=(0, 0, 0))
+        draw.text((8, yy - 7), f"{t:g}", fill=(0, 0, 0), font=small)
         t += step
     for x in sorted(set(xs)):
         xx, _ = px(x, y0)
         draw.line([xx, height - bottom, xx, height - bottom + 4], fill=(0, 0, 0))
-        draw.text((xx - 12, height - bottom + 8), f"{x:g}", fill=(0, 0, 0))
-    draw.text((left, 12), title, fill=(0, 0, 0))
-    draw.text((width - right - 40, height - 18), "step", fill=(0, 0, 0))
-    draw.text((8, top - 24), ylabel, fill=(0, 0, 0))
-    for k, (x, _, low, high) in enumerate(series.values()):  # every band first, so that no band covers a line
+        draw.text((xx - 12, height - bottom + 8), f"{x:g}", fill=(0, 0, 0), font=small)
+    draw.text((left, 8), title, fill=(0, 0, 0), font=font)
+    draw.text((width - right - 40, height - 22), "step", fill=(0, 0, 0), font=small)
+    draw.text((8, top - 18), ylabel, fill=(0, 0, 0), font=small)
+    for name, (x, _, low, high) in series.items():  # every band first, so that no band covers a line
         if len(x) > 1:
             band = Image.new("RGBA", size, (0, 0, 0, 0))
             polygon = [px(a, b) for a, b in zip(x, high)] + [px(a, b) for a, b in zip(x[::-1], low[::-1])]
-            ImageDraw.Draw(band).polygon(polygon, fill=(*PALETTE[k % len(PALETTE)], 40))
+            ImageDraw.Draw(band).polygon(polygon, fill=(*colour_of[name], 40))
             img = Image.alpha_composite(img, band)
     draw = ImageDraw.Draw(img)
     for k, (name, (x, mean, _, _)) in enumerate(series.items()):
-        colour = PALETTE[k % len(PALETTE)]
+        colour = colour_of[name]
         if len(x) > 1:
             draw.line([px(a, b) for a, b in zip(x, mean)], fill=colour, width=2)
         for a, b in zip(x, mean):
             cx, cy = px(a, b)
             draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-        ly = top + 16 * k
-        draw.line([width - right + 10, ly + 6, width - right + 30, ly + 6], fill=colour, width=3)
-        draw.text((width - right + 36, ly), name, fill=(0, 0, 0))
+        ly = top + 20 * k
+        draw.line([width - right + 10, ly + 7, width - right + 30, ly + 7], fill=colour, width=3)
+        draw.text((width - right + 36, ly), name, fill=(0, 0, 0), font=small)
     return img.convert("RGB")
+
+
+def stack(images: list[Image.Image], title: str = "") -> Image.Image:
+    """Images one above the other on white, left-aligned, under a one-line `title` when given."""
+    head = 36 if title else 0
+    out = Image.new("RGB", (max(i.width for i in images), head + sum(i.height for i in images)), (255, 255, 255))
+    if title:
+        ImageDraw.Draw(out).text((10, 10), title, fill=(0, 0, 0), font=_font(16))
+    y = head
+    for i in images:
+        out.paste(i, (0, y))
+        y += i.height
+    return out

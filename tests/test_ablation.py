@@ -36,6 +36,26 @@ def test_variants_resolve_and_residual_controls_match_attention_parameters(capsy
     assert all(f"| {name} |" in out for name in names) and "| 380,804 | 68,450 |" in out
 
 
+def _has_colour(img: Image.Image, colour: tuple[int, int, int]) -> bool:
+    return bool((np.asarray(img.convert("RGB")) == np.array(colour, dtype=np.uint8)).all(-1).any())
+
+
+def test_the_accuracy_plot_has_a_panel_per_question_with_one_colour_per_variant() -> None:
+    names = [n for n, _ in ablation.FMNIST_VARIANTS]
+    curves = {n: ([150, 300], [10.0 + k, 20.0 + 2 * k], [9.0 + k, 18.0 + k], [11.0 + k, 22.0 + 3 * k]) for k, n in enumerate(names)}
+    plot = ablation.accuracy_plot(curves, 300)
+    assert plot.size == (900, 36 + 3 * 420)  # no "other variants" panel: every variant belongs to a question
+    panels = [plot.crop((72, 36 + 420 * k + 54, 900 - 262, 36 + 420 * (k + 1) - 52)) for k in range(3)]  # inside the axes
+    colour = {n: ablation.visualize.PALETTE[k] for k, n in enumerate(names)}
+    for panel, (_, members) in zip(panels, ablation.FMNIST_PANELS):
+        assert _has_colour(panel, colour[ablation.FMNIST_BASELINE])
+        for n in names:
+            assert _has_colour(panel, colour[n]) == (n in members), n
+    assert {n for _, m in ablation.FMNIST_PANELS for n in m} == set(names)
+    extra = ablation.accuracy_plot({**curves, "something new": ([150, 300], [5.0, 6.0], [4.0, 5.0], [6.0, 7.0])}, 300)
+    assert extra.size == (900, 36 + 4 * 420)  # a variant that no panel names gets its own
+
+
 @pytest.mark.slow
 def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture) -> None:
@@ -51,13 +71,13 @@ def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_pa
     for name in ("attention 16 (SAGAN)", "residual 16"):
         row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
         assert row.count("±") == 6 and row.split("|")[-3].strip() == "2", row  # 3 metrics x (end, best), 2 seeds
-    assert "larger than the sum of the two standard deviations" in table
+    assert "larger than the sum of the two standard deviations" in table and "Compute: 4 finished runs" in table
     assert len(list((tmp_path / "abl/cache/classifier").glob("*.pt"))) == 1  # every seed is scored by one classifier
     results = json.loads((tmp_path / "abl/results.json").read_text())
     assert [r["seeds_done"] for r in results["rows"]] == [[0, 1], [0, 1]]
     assert all(0 <= r["cls_acc_end"][0] <= 1 and r["G_params"] > 0 for r in results["rows"])
-    with Image.open(tmp_path / "abl/cls_acc.png") as plot:
-        assert plot.size == (900, 560) and len(np.unique(np.asarray(plot.convert("RGB")).reshape(-1, 3), axis=0)) > 10
+    with Image.open(tmp_path / "abl/cls_acc.png") as plot:  # the baseline is in all three panels, residual 16 in (b)
+        assert plot.size == (900, 36 + 3 * 420) and len(np.unique(np.asarray(plot.convert("RGB")).reshape(-1, 3), axis=0)) > 10
     for name in ("attention_16_SAGAN", "residual_16"):
         with Image.open(tmp_path / f"abl/grids/{name}.png") as grid:
             assert grid.size[0] > 100

@@ -143,6 +143,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def accuracy_curve(runs: list[list[dict]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, min, max) of class accuracy in % over the seeds' metrics records, at the steps that every
+    seed evaluated (a run stopped during an evaluation before the trainer caught up on resume lacks that step)."""
+    steps = sorted(set.intersection(*({r["step"] for r in run} for run in runs)))
+    acc = [[r["cls_acc"] * 100 for r in run if r["step"] in steps] for run in runs]  # (seeds, steps)
+    return steps, [statistics.fmean(c) for c in zip(*acc)], [min(c) for c in zip(*acc)], [max(c) for c in zip(*acc)]
+
+
 def accuracy_plot(curves: dict[str, tuple[list[float], ...]], steps: int) -> Image.Image:
     """Class accuracy against step (mean line, min-max band over seeds): one panel per FMNIST_PANELS entry
     that has a finished variant, then one for any variant no panel names; one y axis and one colour per
@@ -182,9 +190,7 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
         row["eval_minutes"] = [round(sum(r["seconds"] for r in runs[s]) / 60, 1) for s in done]
         results.append(row)
         if done:
-            steps = [r["step"] for r in runs[done[0]]]
-            acc = [[r["cls_acc"] * 100 for r in runs[s]] for s in done]
-            curves[name] = (steps, [statistics.fmean(c) for c in zip(*acc)], [min(c) for c in zip(*acc)], [max(c) for c in zip(*acc)])
+            curves[name] = accuracy_curve([runs[s] for s in done])
             grid = out / "samples" / f"{slug(name)}_s{done[0]}" / f"{a.steps}_fake.png"
             if grid.is_file():
                 (out / "grids").mkdir(parents=True, exist_ok=True)

@@ -484,17 +484,19 @@ class Trainer:
                        + [f"({record['seconds']:.0f} s)"]), flush=True)
         return record
 
-    def truncate_metrics(self) -> None:
-        """On resume: drop metrics.jsonl records after the resumed step, so that no step appears twice."""
+    def truncate_metrics(self) -> set[int]:
+        """On resume: drop metrics.jsonl records after the resumed step, so that no step appears twice.
+        Returns the steps that keep a record."""
         path = self.run["models"] / "metrics.jsonl"
         if not path.is_file():
-            return
+            return set()
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
         if len(keep) != len(lines):
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(ln + "\n" for ln in keep))
             os.replace(tmp, path)
+        return {json.loads(ln).get("step", 0) for ln in keep}
 
     # -- training --------------------------------------------------------------------------------
 
@@ -642,12 +644,29 @@ class Trainer:
                 f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration(eta)}")
         return line, vals
 
+    def eval_due(self, main: bool) -> bool:
+        """Whether this step has a scheduled evaluation (every --eval_step and the last step) that should
+        run now: on rank 0, with an evaluator, and not after a stop signal."""
+        a = self.args
+        return (main and self.stop_signal is None and self.evaluator is not None and bool(a.eval_step)
+                and (self.step % a.eval_step == 0 or self.step == a.total_step))
+
+    def scheduled_evaluation(self, writer: "SummaryWriter | None") -> None:
+        """evaluate(), abandoned (nothing recorded) when a stop signal arrives; a resume from this step
+        evaluates it then, because metrics.jsonl has no record of it."""
+        try:
+            with progress.abortable(lambda: self.stop_signal is not None):
+                self.evaluate(writer)
+        except progress.Interrupted as e:
+            print(f"evaluation at step {self.step} abandoned ({e}): a stop signal arrived", file=sys.stderr, flush=True)
+
     def train(self) -> None:
         from tqdm import tqdm
 
         a = self.args
         main = self.dist.is_main
         writer = None
+        recorded: set[int] = set()
         if main:
             for p in self.run.values():
                 p.mkdir(parents=True, exist_ok=True)
@@ -656,7 +675,7 @@ class Trainer:
                        "torch": torch.__version__, "G_params": sum(p.numel() for p in self.G.parameters()),
                        "D_params": sum(p.numel() for p in self.D.parameters())}
             write_json_atomic(self.run["models"] / "training_options.json", options)
-            self.truncate_metrics()
+            recorded = self.truncate_metrics()
             if a.use_tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -670,6 +689,9 @@ class Trainer:
         last_step_saved = self.step
         stop = False
         with self.stop_on_signals():
+            if self.step and self.step not in recorded and self.eval_due(main):
+                print(f"step {self.step} is an evaluation step without a record in metrics.jsonl (a stop came first): evaluating it now", flush=True)
+                self.scheduled_evaluation(writer)
             batches = self.batches()  # loader workers start inside: they inherit the handlers, then ignore the signals
             while self.step < a.total_step and not (stop := self.stop_requested()):
                 t_step = time.perf_counter()
@@ -699,13 +721,8 @@ class Trainer:
                     if writer:
                         writer.add_image("samples", grid, self.step)
                     self.attention_snapshot(writer)
-                if (main and self.stop_signal is None and self.evaluator is not None and a.eval_step
-                        and (self.step % a.eval_step == 0 or self.step == a.total_step)):
-                    try:
-                        with progress.abortable(lambda: self.stop_signal is not None):
-                            self.evaluate(writer)
-                    except progress.Interrupted as e:
-                        print(f"evaluation at step {self.step} abandoned ({e}): a stop signal arrived", file=sys.stderr, flush=True)
+                if self.eval_due(main):
+                    self.scheduled_evaluation(writer)
                 if self.step % a.model_save_step == 0 or self.step == a.total_step:
                     self.save()
                     last_step_saved = self.step

@@ -56,6 +56,17 @@ def test_the_accuracy_plot_has_a_panel_per_question_with_one_colour_per_variant(
     assert extra.size == (900, 36 + 4 * 420)  # a variant that no panel names gets its own
 
 
+def test_the_accuracy_curve_averages_each_step_over_every_seed() -> None:
+    def run(accs: dict[int, float]) -> list[dict]:
+        return [{"step": k, "cls_acc": v} for k, v in accs.items()]
+
+    # The first seed lacks step 450 (stopped during that evaluation): no point mixes steps or seeds.
+    steps, mean, lo, hi = ablation.accuracy_curve([run({150: 0.1, 300: 0.2, 600: 0.4}),
+                                                   run({150: 0.3, 300: 0.2, 450: 0.9, 600: 0.6})])
+    assert steps == [150, 300, 600]
+    assert mean == pytest.approx([20.0, 20.0, 50.0]) and lo == pytest.approx([10.0, 20.0, 40.0]) and hi == pytest.approx([30.0, 20.0, 60.0])
+
+
 @pytest.mark.slow
 def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture) -> None:

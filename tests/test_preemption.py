@@ -341,3 +341,11 @@ def test_a_signal_abandons_a_running_evaluation(workdir: Path, monkeypatch: pyte
     assert calls["eval"] == 1  # one of the four batches
     assert not (workdir / "models/e/metrics.jsonl").exists() or not (workdir / "models/e/metrics.jsonl").read_text().strip()
     assert load_checkpoint(workdir / "models/e/2.pt")["step"] == 2
+    # The resume evaluates step 2 first (its record would otherwise be missing for good), then goes on.
+    calls["training"] = False
+    assert main([*argv[:argv.index("--total_step")], "--total_step", "3", *argv[argv.index("--total_step") + 2:],
+                 "--pretrained_model", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2 is an evaluation step without a record in metrics.jsonl (a stop came first): evaluating it now" in out
+    records = [json.loads(ln) for ln in (workdir / "models/e/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3]

@@ -17,11 +17,11 @@ command can be stopped (exit 3) and started again, e.g. in the background:
     nohup python ablation.py --dataset fashion_mnist > ablation_fmnist.log 2>&1 &
 
 Each run evaluates with the offline classifier metric every `--eval_every` steps (`metrics.jsonl`).
-The report (`<out>/table.md`, `results.json`, `cls_acc.png`, `grids/`) gives, per variant, the mean
-and standard deviation over seeds of class accuracy, GAN-train accuracy and the classifier-feature
-FD at the end and at each seed's best step (by class accuracy), the accuracy curve (mean line,
-min-max band over seeds), one final sample grid (first seed), and the differences from the SAGAN
-default larger than the two variants' spreads. `--list` prints the variants and their parameter
+The report (`<out>/table.md`, `results.json`, `cls_acc.png`, `grids/`, `grids.png`) gives, per
+variant, the mean and standard deviation over seeds of class accuracy, GAN-train accuracy and the
+classifier-feature FD at the end and at each seed's best step (by class accuracy), the accuracy curve
+(mean line, min-max band over seeds), one final sample grid (first seed; all of them side by side in
+`grids.png`), and the differences from the SAGAN default larger than the two variants' spreads. `--list` prints the variants and their parameter
 counts; extra flags (e.g. `--data_dir`, `--g_conv_dim`) go to every run.
 
 `shapes` (the default):
@@ -175,7 +175,7 @@ def accuracy_plot(curves: dict[str, tuple[list[float], ...]], steps: int) -> Ima
 def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra: Sequence[str]) -> str:
     """Table (markdown), results.json, the accuracy plot and one grid per variant, from the runs' metrics.jsonl."""
     out, seeds = Path(a.out), list(range(a.seed, a.seed + a.seeds))
-    results, curves = [], {}
+    results, curves, sheet = [], {}, []
     for name, flags in variants:
         runs = {s: _records(out, name, s, a.steps) for s in seeds}
         done = [s for s, r in runs.items() if r and r[-1]["step"] == a.steps]
@@ -195,8 +195,13 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
             if grid.is_file():
                 (out / "grids").mkdir(parents=True, exist_ok=True)
                 shutil.copy(grid, out / "grids" / f"{slug(name)}.png")
+                with Image.open(grid) as img:
+                    sheet.append((name, img.copy()))
     if curves:
         accuracy_plot(curves, a.steps).save(out / "cls_acc.png")
+    if sheet:
+        visualize.tile(sheet, columns=5, title=f"Step {a.steps}, first finished seed: one row per class (the class G was asked for)").save(
+            out / "grids.png")
     (out / "results.json").write_text(json.dumps({"steps": a.steps, "seeds": seeds, "eval_samples": a.eval_samples,
                                                   "rows": results}, indent=2))
     tag = f"{a.eval_samples // 1000}k" if a.eval_samples % 1000 == 0 else str(a.eval_samples)
@@ -254,7 +259,7 @@ def fmnist_main(a: argparse.Namespace, extra: list[str]) -> int:
                     print(f"ablation stopped at {name}, seed {seed} (exit {code}); run the same command again to resume", flush=True)
                     return code
     print(fmnist_report(variants, a, extra))
-    print(f"wrote {Path(a.out) / 'table.md'}, results.json, cls_acc.png and grids/ ({(time.perf_counter() - t0) / 60:.1f} min)")
+    print(f"wrote {Path(a.out) / 'table.md'}, results.json, cls_acc.png, grids/ and grids.png ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 
 

@@ -274,6 +274,23 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
     return img.convert("RGB")
 
 
+def tile(cells: list[tuple[str, Image.Image]], columns: int, title: str = "") -> Image.Image:
+    """Images in rows of `columns` on white, each under its one-line label (no label strip when every label
+    is empty), under a one-line `title` when given."""
+    head, strip = (36 if title else 0), (22 if any(label for label, _ in cells) else 0)
+    cw, ch = max(i.width for _, i in cells), strip + max(i.height for _, i in cells)
+    rows = -(-len(cells) // columns)
+    out = Image.new("RGB", (cw * min(columns, len(cells)), head + ch * rows), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((10, 10), title, fill=(0, 0, 0), font=_font(16))
+    for k, (label, img) in enumerate(cells):
+        x, y = cw * (k % columns), head + ch * (k // columns)
+        draw.text((x + 4, y + 4), label, fill=(0, 0, 0), font=_font(13))
+        out.paste(img.convert("RGB"), (x, y + strip))
+    return out
+
+
 def stack(images: list[Image.Image], title: str = "") -> Image.Image:
     """Images one above the other on white, left-aligned, under a one-line `title` when given."""
     head = 36 if title else 0

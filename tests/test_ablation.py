@@ -92,6 +92,8 @@ def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_pa
     for name in ("attention_16_SAGAN", "residual_16"):
         with Image.open(tmp_path / f"abl/grids/{name}.png") as grid:
             assert grid.size[0] > 100
+    with Image.open(tmp_path / "abl/grids.png") as sheet:  # both grids side by side, under their names
+        assert sheet.size == (2 * grid.size[0], 36 + 22 + grid.size[1])
     for seed in (0, 1):  # one evaluation per step, and the grid from the last step
         records = [json.loads(ln) for ln in (tmp_path / f"abl/models/residual_16_s{seed}/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [1, 2] and all("gan_train_acc" in r for r in records)

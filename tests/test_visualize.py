@@ -115,6 +115,19 @@ def test_interpolation_endpoints_are_the_seed_samples() -> None:
     assert torch.equal(visualize.slerp(a, b, torch.tensor([0.0, 1.0]))[0], a)
 
 
+def test_tile_places_each_image_under_its_label_in_rows() -> None:
+    colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    cells = [(f"v{k}", Image.new("RGB", (30, 20), c)) for k, c in enumerate(colours)]
+    sheet = np.asarray(visualize.tile(cells, columns=2, title="t"))
+    assert sheet.shape == (36 + 2 * (22 + 20), 2 * 30, 3)  # title, then two rows of (label strip, image)
+    for k, c in enumerate(colours):
+        x, y = 30 * (k % 2), 36 + 42 * (k // 2)
+        assert (sheet[y + 22:y + 42, x:x + 30] == c).all()
+        assert (sheet[y:y + 22, x:x + 30] < 100).any()  # the label is drawn above its image
+    assert (sheet[36 + 42:, 30:] == 255).all()  # the row's empty cell stays white
+    assert visualize.tile(cells[:1], columns=5).size == (30, 42)
+
+
 def test_training_and_checkpoint_write_the_pictures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

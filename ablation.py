@@ -89,7 +89,7 @@ FMNIST_PANELS: list[tuple[str, list[str]]] = [
     ("spectral norm on G and TTUR (Figure 3)",
      [FMNIST_BASELINE, "no SN on G", "equal rates 4e-4", "equal rates 1.6e-3, n_dis 5"]),
 ]
-FMNIST_STEPS = 600  # 10 variants x 3 seeds: an estimated 2.5-3 h on 2 CPU cores (README, "The Fashion-MNIST ablation")
+FMNIST_STEPS = 600  # 10 variants x 3 seeds: 2.0 h measured on 2 CPU cores (README, "The Fashion-MNIST ablation")
 METRICS = (("cls_acc", "class accuracy", "{:.1%}"), ("gan_train_acc", "GAN-train accuracy", "{:.1%}"), ("fid_cls", "classifier FD", "{:.1f}"))
 
 

@@ -158,7 +158,6 @@ def accuracy_plot(curves: dict[str, tuple[list[float], ...]], steps: int) -> Ima
     names = [n for n, _ in FMNIST_VARIANTS] + [n for n in curves if n not in dict(FMNIST_VARIANTS)]
     colours = {n: visualize.PALETTE[k % len(visualize.PALETTE)] for k, n in enumerate(names)}
     ys = [y for c in curves.values() for part in c[1:] for y in part]
-    y_range = (min(ys) - 0.05 * (max(ys) - min(ys) or 1), max(ys) + 0.05 * (max(ys) - min(ys) or 1))
     named = {n for _, members in FMNIST_PANELS for n in members}
     panels = FMNIST_PANELS + [("other variants", [n for n in curves if n not in named])]
     images = []
@@ -167,7 +166,7 @@ def accuracy_plot(curves: dict[str, tuple[list[float], ...]], steps: int) -> Ima
         if series:
             images.append(visualize.line_plot(
                 series, f"({chr(ord('a') + len(images))}) {title}", "class accuracy (%)", size=(900, 420),
-                colours=colours, y_range=y_range))
+                colours=colours, y_range=(min(ys), max(ys))))
     return visualize.stack(images, f"Fashion-MNIST, fmnist_32 settings, {steps} steps: class accuracy "
                                    "(mean over seeds, min-max band)")
 
@@ -181,11 +180,11 @@ def fmnist_report(variants: list[tuple[str, str]], a: argparse.Namespace, extra:
         done = [s for s, r in runs.items() if r and r[-1]["step"] == a.steps]
         g, d = variant_counts(flags, extra)
         row = {"variant": name, "flags": flags, "G_params": g, "D_params": d, "seeds_done": done}
+        best = [max(runs[s], key=lambda r: r["cls_acc"]) for s in done]  # each seed's best record
         for key, _, _ in METRICS:
             row[f"{key}_end"] = _mean_std([runs[s][-1][key] for s in done]) if done else None
-            best = [max(runs[s], key=lambda r: r["cls_acc"]) for s in done]
             row[f"{key}_best"] = _mean_std([b[key] for b in best]) if done else None
-        row["best_steps"] = [max(runs[s], key=lambda r: r["cls_acc"])["step"] for s in done]
+        row["best_steps"] = [b["step"] for b in best]
         row["minutes"] = [round(runs[s][-1]["train_seconds"] / 60, 1) for s in done]
         row["eval_minutes"] = [round(sum(r["seconds"] for r in runs[s]) / 60, 1) for s in done]
         results.append(row)

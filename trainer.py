@@ -490,13 +490,13 @@ class Trainer:
         path = self.run["models"] / "metrics.jsonl"
         if not path.is_file():
             return set()
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        lines = [(ln, json.loads(ln).get("step", 0)) for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [(ln, step) for ln, step in lines if step <= self.step]
         if len(keep) != len(lines):
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.write_text("".join(ln + "\n" for ln, _ in keep))
             os.replace(tmp, path)
-        return {json.loads(ln).get("step", 0) for ln in keep}
+        return {step for _, step in keep}
 
     # -- training --------------------------------------------------------------------------------
 
@@ -644,11 +644,11 @@ class Trainer:
                 f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration(eta)}")
         return line, vals
 
-    def eval_due(self, main: bool) -> bool:
+    def eval_due(self) -> bool:
         """Whether this step has a scheduled evaluation (every --eval_step and the last step) that should
         run now: on rank 0, with an evaluator, and not after a stop signal."""
         a = self.args
-        return (main and self.stop_signal is None and self.evaluator is not None and bool(a.eval_step)
+        return (self.dist.is_main and self.stop_signal is None and self.evaluator is not None and bool(a.eval_step)
                 and (self.step % a.eval_step == 0 or self.step == a.total_step))
 
     def scheduled_evaluation(self, writer: "SummaryWriter | None") -> None:
@@ -689,7 +689,7 @@ class Trainer:
         last_step_saved = self.step
         stop = False
         with self.stop_on_signals():
-            if self.step and self.step not in recorded and self.eval_due(main):
+            if self.step and self.step not in recorded and self.eval_due():
                 print(f"step {self.step} is an evaluation step without a record in metrics.jsonl (a stop came first): evaluating it now", flush=True)
                 self.scheduled_evaluation(writer)
             batches = self.batches()  # loader workers start inside: they inherit the handlers, then ignore the signals
@@ -721,7 +721,7 @@ class Trainer:
                     if writer:
                         writer.add_image("samples", grid, self.step)
                     self.attention_snapshot(writer)
-                if self.eval_due(main):
+                if self.eval_due():
                     self.scheduled_evaluation(writer)
                 if self.step % a.model_save_step == 0 or self.step == a.total_step:
                     self.save()

@@ -216,8 +216,9 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
               y_range: tuple[float, float] | None = None) -> Image.Image:
     """A line plot drawn with PIL: `series` maps a name to (x, mean, low, high); each is drawn as its mean
     line over a translucent low-high band, with a legend. `colours` fixes a colour per name (so that one
-    variant keeps its colour across panels; PALETTE in order otherwise), `y_range` the y axis (the data's
-    span otherwise, so that panels can share one axis). Ticks at round values."""
+    variant keeps its colour across panels; PALETTE in order otherwise), `y_range` the values the y axis
+    covers (the data's span otherwise, so that panels can share one axis), with 5% room either side.
+    Ticks at round values."""
     width, height = size
     font, small = _font(14), _font(12)
     left, right, top, bottom = 70, 260, 52, 50
@@ -226,12 +227,10 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
     xs = [x for s in series.values() for x in s[0]]
     ys = [y for s in series.values() for part in s[1:] for y in part]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    if y_range is None:
-        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-        pad = 0.05 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
-    else:
-        y0, y1 = y_range
+    y0, y1 = y_range or (min(ys), max(ys))
+    y1 = y1 if y1 > y0 else y0 + 1
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
 
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + (x - x0) / (x1 - x0) * (width - left - right), top + (y1 - y) / (y1 - y0) * (height - top - bottom))
@@ -274,30 +273,32 @@ def line_plot(series: dict[str, tuple[list[float], list[float], list[float], lis
     return img.convert("RGB")
 
 
+def _titled_canvas(width: int, height: int, title: str) -> tuple[Image.Image, int]:
+    """A white RGB canvas of `height` px plus a 36 px strip holding `title` when given; (canvas, strip height)."""
+    head = 36 if title else 0
+    out = Image.new("RGB", (width, head + height), (255, 255, 255))
+    if title:
+        ImageDraw.Draw(out).text((10, 10), title, fill=(0, 0, 0), font=_font(16))
+    return out, head
+
+
 def tile(cells: list[tuple[str, Image.Image]], columns: int, title: str = "") -> Image.Image:
     """Images in rows of `columns` on white, each under its one-line label (no label strip when every label
     is empty), under a one-line `title` when given."""
-    head, strip = (36 if title else 0), (22 if any(label for label, _ in cells) else 0)
+    strip = 22 if any(label for label, _ in cells) else 0
     cw, ch = max(i.width for _, i in cells), strip + max(i.height for _, i in cells)
-    rows = -(-len(cells) // columns)
-    out = Image.new("RGB", (cw * min(columns, len(cells)), head + ch * rows), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    if title:
-        draw.text((10, 10), title, fill=(0, 0, 0), font=_font(16))
+    out, head = _titled_canvas(cw * min(columns, len(cells)), ch * -(-len(cells) // columns), title)
+    draw, font = ImageDraw.Draw(out), _font(13)
     for k, (label, img) in enumerate(cells):
         x, y = cw * (k % columns), head + ch * (k // columns)
-        draw.text((x + 4, y + 4), label, fill=(0, 0, 0), font=_font(13))
+        draw.text((x + 4, y + 4), label, fill=(0, 0, 0), font=font)
         out.paste(img.convert("RGB"), (x, y + strip))
     return out
 
 
 def stack(images: list[Image.Image], title: str = "") -> Image.Image:
     """Images one above the other on white, left-aligned, under a one-line `title` when given."""
-    head = 36 if title else 0
-    out = Image.new("RGB", (max(i.width for i in images), head + sum(i.height for i in images)), (255, 255, 255))
-    if title:
-        ImageDraw.Draw(out).text((10, 10), title, fill=(0, 0, 0), font=_font(16))
-    y = head
+    out, y = _titled_canvas(max(i.width for i in images), sum(i.height for i in images), title)
     for i in images:
         out.paste(i, (0, y))
         y += i.height

@@ -25,7 +25,7 @@ from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader
 from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
-from parameter import get_parameters, split_global_batch
+from parameter import TUNED_WITH, get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
 from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers, write_json_atomic
 from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
@@ -137,8 +137,19 @@ def sample(args: Namespace) -> int:
         print(f"wrote {len(written)} samples to {args.sample_dir}")
     if evaluator is not None:
         result = evaluator(trainer.G_eval, args.eval_samples, source=f"{path} (step {trainer.step})")
+        preset = ckpt.get("args", {}).get("preset")
+        if preset in TUNED_WITH:
+            result["tuned_with"] = f"--preset {preset} was tuned with {TUNED_WITH[preset]}"
+            print(f"note: {result['tuned_with']}; the independent classifier chose nothing")
         tag = count_tag(result["metrics"]["samples"])
         report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json", evaluator)
+        if isinstance(evaluator, ClassifierEvaluator):  # labelled data at hand: each class's samples beside real images
+            import visualize
+
+            figure = trainer.run["samples"] / f"{trainer.step}_vs_real.png"
+            classes = parse_classes(args.classes, cfg.num_classes)
+            visualize.versus_real(trainer.G_eval, evaluator.dataset, classes, seed=args.seed).save(figure)
+            print(f"wrote {figure}")
     return 0
 
 

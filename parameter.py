@@ -158,6 +158,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Presets whose settings were chosen by a metric: which one (a choice made with one metric is reported
+# with another; docs/evaluation.md). The independent classifier's figures chose nothing.
+TUNED_WITH: dict[str, str] = {
+    "fmnist_32": "the tuning classifier (cls_acc2k, gan_train_acc2k and fid_cls2k; classifier.py)",
+}
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block), with the closest name for a mistyped choice."""
 
@@ -235,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ema", type=str2bool, default=False, help="keep an EMA generator; samples, attention maps and metrics use it")
     s.add_argument("--ema_decay", type=float, default=0.9999)
     s.add_argument("--ema_start", type=non_negative, default=2000, help="steps before which the EMA generator is a copy of G")
+    s.add_argument("--standing_stats", type=non_negative, default=0, metavar="N",
+                   help="before sampling and evaluation, recompute the sampling G's batch-norm statistics over N batches of "
+                        "--eval_batch_size (BigGAN's standing statistics; 0: keep the running averages)")
 
     f = p.add_argument_group("speed")
     f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,

@@ -79,6 +79,8 @@ them too):
 
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -499,6 +501,33 @@ def sample(G: nn.Module, z: Tensor, y: Tensor | None = None, batch_size: int = 6
     ys = y.split(batch_size) if y is not None else [None] * len(zs)
     with eval_mode(G):
         return torch.cat([G(zb, yb) for zb, yb in zip(zs, ys)])
+
+
+@torch.no_grad()
+def standing_stats(G: nn.Module, batches: int, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """A copy of G whose batch-norm running statistics are recomputed ("standing statistics",
+    BigGAN-PyTorch `utils.accumulate_standing_stats`): the plain average over `batches` training-mode
+    forward passes of `batch_size` z ~ N(0, I) and uniform labels (a private seed), in place of the
+    running averages that training left, which for an EMA generator are averages over other weights.
+    The forward passes move no spectral-norm vector (spectral.py's forward is pure). G is untouched."""
+    G2 = copy.deepcopy(G)
+    bns = [m for m in G2.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches < 1:
+        return G2.eval()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    g = torch.Generator().manual_seed(seed)
+    device = next(G2.parameters()).device
+    G2.train()
+    for _ in range(batches):
+        z = torch.randn(batch_size, G2.cfg.z_dim, generator=g).to(device)
+        y = torch.randint(0, G2.cfg.num_classes, (batch_size,), generator=g).to(device) if G2.cfg.num_classes else None
+        G2(z, y)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    return G2.eval()
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> None:

@@ -52,7 +52,8 @@ from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, l
 from data_loader import check_bad_files
 from distributed import DistEnv
 from progress import duration
-from sagan_models import Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, sample, set_attention_backend
+from sagan_models import (Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, sample, set_attention_backend,
+                          standing_stats)
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -264,6 +265,7 @@ class Trainer:
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
         self.ema = EMA(self.G, args.ema_decay, args.ema_start) if getattr(args, "ema", False) else None
+        self._standing: tuple[int, nn.Module] | None = None  # (step, G_eval with standing statistics)
         # g_train/d_train: the modules the G and D updates differentiate (DDP-wrapped under torchrun);
         # d_frozen: D as the G update calls it (never DDP: D's gradients are not wanted there).
         self.g_train, self.d_train = self.G, self.D
@@ -293,8 +295,15 @@ class Trainer:
 
     @property
     def G_eval(self) -> nn.Module:
-        """The generator that samples, attention figures and metrics use: the EMA one when it exists."""
-        return self.ema.model if self.ema is not None else self.G
+        """The generator that samples, attention figures and metrics use: the EMA one when it exists, with
+        standing batch-norm statistics under --standing_stats (computed once per step, on a copy)."""
+        G = self.ema.model if self.ema is not None else self.G
+        batches = getattr(self.args, "standing_stats", 0)
+        if not batches:
+            return G
+        if self._standing is None or self._standing[0] != self.step:
+            self._standing = (self.step, standing_stats(G, batches, self.args.eval_batch_size, seed=self.args.seed))
+        return self._standing[1]
 
     @property
     def global_batch(self) -> int:

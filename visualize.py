@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from metrics import to_uint8
 from sagan_models import SelfAttention, eval_mode, sample
@@ -302,4 +303,29 @@ def stack(images: list[Image.Image], title: str = "") -> Image.Image:
     for i in images:
         out.paste(i, (0, y))
         y += i.height
+    return out
+
+
+def versus_real(G: nn.Module, dataset: Dataset, classes: list[int], columns: int = 8, seed: int = 0, scale: int = 2) -> Image.Image:
+    """One line per class: its name, `columns` samples of G (eval mode, z from `seed`), a gap, and up to
+    `columns` real training images of the class (chosen with `seed`), each image enlarged `scale` times."""
+    labels = torch.as_tensor(dataset.labels) if hasattr(dataset, "labels") else torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(G.cfg.num_classes)]
+    fake = class_grid(G, classes, columns, seed).float().cpu()  # (R * C, 3, S, S)
+    g = torch.Generator().manual_seed(seed)
+    s = fake.shape[-1] * scale
+    label_w, gap, head = 110, s // 2, 24
+    out, _ = _titled_canvas(label_w + 2 * columns * s + gap, head + len(classes) * s, "")
+    draw, font = ImageDraw.Draw(out), _font(13)
+    draw.text((label_w + 4, 4), "generated", fill=(0, 0, 0), font=font)
+    draw.text((label_w + columns * s + gap + 4, 4), "real", fill=(0, 0, 0), font=font)
+    for r, c in enumerate(classes):
+        y = head + r * s
+        draw.text((4, y + s // 2 - 8), str(names[c]), fill=(0, 0, 0), font=font)
+        idx = torch.nonzero(labels == c).flatten()
+        picks = idx[torch.randperm(len(idx), generator=g)[:columns]]
+        for k in range(columns):
+            out.paste(_panel(_to_rgb(fake[r * columns + k]), scale), (label_w + k * s, y))
+        for k, i in enumerate(picks.tolist()):
+            out.paste(_panel(_to_rgb(dataset[i][0]), scale), (label_w + columns * s + gap + k * s, y))
     return out

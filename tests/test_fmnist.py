@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import data_loader
@@ -114,21 +115,56 @@ def test_classifier_metric_on_real_images_and_cache(tmp_path: Path, capsys: pyte
     a = args_for(tmp_path / "fm")
     train, test = build_dataset(a)[0], build_test_split(a)
     ev = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0)
-    assert not ev.cache_hit and "training a small CNN on 2,000 real fashion_mnist images" in capsys.readouterr().err
-    assert ev.test_acc > 0.9
+    err = capsys.readouterr().err
+    assert not ev.cache_hit and not ev.ind_cache_hit
+    assert "training the tuning classifier (a small CNN) on 2,000 real fashion_mnist images" in err
+    assert "training the independent classifier" in err and "independent classifier" in err
+    assert ev.test_acc > 0.9 and ev.ind_test_acc > 0.9
     real = ev(RealImagesG(train, 10), 2000)["metrics"]
-    assert real["cls_acc"] > 0.97  # ~1.0 on its own training images, through the generated-sample path
+    assert real["cls_acc"] > 0.97 and real["ind_acc"] > 0.9  # through the generated-sample path
+    assert real["gan_test"] == min(real["cls_acc"], real["ind_acc"])
     assert abs(real["gan_train_acc"] - ev.gan_train_real) < 0.1 and real["gan_train_acc"] > 0.8  # GAN-train: close to real
+    # real training images as "samples" score what real data's own scale says (the same images, other labels order)
+    scale = real["real"]
+    assert scale["images"] == 2000 and abs(real["ind_fd"] - scale["ind_fd"]) < 0.5 * scale["ind_fd"] + 1
+    assert real["ind_recall"] > 0.5 and real["ind_precision"] > 0.5
+    assert len(real["ind_fd_per_class"]) == len(real["ind_recall_per_class"]) == len(scale["ind_precision_per_class"]) == 10
     noise = ev(NoiseG(train, 10), 500)["metrics"]
-    assert noise["cls_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
-    assert noise["fid_cls"] > 5 * real["fid_cls"]
-    assert set(ev.scalars(real)) == {"metrics/cls_acc2k", "metrics/gan_train_acc2k", "metrics/fid_cls2k"}
-    assert "not comparable with Inception FID" in ev.format(ev(RealImagesG(train, 10), 50))
-    # the cache: the same data loads it; other data (one image changed) trains again
-    assert ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0).cache_hit
+    assert noise["cls_acc"] < 0.5 and noise["ind_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
+    assert noise["fid_cls"] > 5 * real["fid_cls"] and noise["ind_fd"] > 5 * real["ind_fd"]
+    assert noise["ind_precision"] < 0.1 and noise["ind_recall"] < 0.1
+    assert noise["real"]["images"] == 500  # the scale is computed at the samples' own count
+    assert set(ev.scalars(real)) == {f"metrics/{k}2k" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls",
+                                                                  "ind_fd", "ind_precision", "ind_recall")}
+    table = ev.format(ev(RealImagesG(train, 10), 50))
+    for text in ("gan_test50 (GAN-test: the lower of the two)", "ind_recall50", "real training images", "Coat",
+                 "not comparable with Inception FID", "independent classifier"):
+        assert text in table
+    # the cache: the same data loads both; other data (one image changed) trains both again
+    again = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0)
+    assert again.cache_hit and again.ind_cache_hit
     train.images[0] = 255 - train.images[0]
     again = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0)
-    assert not again.cache_hit and len(list((tmp_path / "classifier").glob("fashion_mnist-32px-*.pt"))) == 2
+    assert not again.cache_hit and not again.ind_cache_hit
+    assert len(list((tmp_path / "classifier").glob("fashion_mnist-32px-independent-*.pt"))) == 2
+    assert len(list((tmp_path / "classifier").glob("fashion_mnist-32px-*.pt"))) == 4
+
+
+def test_precision_recall_and_frechet_on_known_sets() -> None:
+    from classifier import frechet, precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 4, generator=g)
+    same = torch.randn(400, 4, generator=g)
+    half = same[same[:, 0] > 0]  # one half of the distribution: precise, but covers half of it
+    far = same + 20
+    p, r = precision_recall(real, same)
+    assert p > 0.9 and r > 0.9
+    p, r = precision_recall(real, half)
+    assert p > 0.9 and 0.3 < r < 0.75
+    assert precision_recall(real, far) == (0.0, 0.0)
+    assert precision_recall(real, same[:3]) != precision_recall(real, same[:3])  # nan: too few points for k = 3
+    assert frechet(real, same) < 0.2 and abs(frechet(real, far) - 4 * 400) < 60 and np.isnan(frechet(real, same[:1]))
 
 
 def test_classifier_metric_refuses_what_it_cannot_score(tmp_path: Path) -> None:
@@ -155,7 +191,7 @@ def test_fmnist_preset_resolves() -> None:
 
 
 @pytest.mark.slow
-def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path) -> None:
+def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     from main import main
 
     fake_fmnist(workdir / "fm", n_train=120, n_test=40)
@@ -164,13 +200,21 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path) -> Non
              "--attn_samples", "0", "--device", "cpu", "--eval_cache_dir", str(workdir / "cache"), "--version", "fm"]
     assert main(flags) == 0
     rec = [json.loads(line) for line in (workdir / "models/fm/metrics.jsonl").read_text().splitlines()]
-    assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class"} <= set(rec[-1])
+    assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class", "gan_test", "ind_acc",
+                                     "ind_fd_per_class", "ind_recall_per_class", "real"} <= set(rec[-1])
     assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} == {"best_cls_acc.pt", "best_fid_cls.pt"}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(workdir / "logs/fm"))
     ea.Reload()
-    assert {"metrics/cls_acc40", "metrics/gan_train_acc40", "metrics/fid_cls40"} <= set(ea.Tags()["scalars"])
+    assert {"metrics/cls_acc40", "metrics/gan_train_acc40", "metrics/fid_cls40", "metrics/gan_test40", "metrics/ind_fd40",
+            "metrics/ind_recall40"} <= set(ea.Tags()["scalars"])
     assert main(["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
                  "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu"]) == 0
     assert list((workdir / "models/fm").glob("eval_best_cls_acc_40.json"))
+    out = capsys.readouterr().out
+    assert "note: --preset fmnist_32 was tuned with the tuning classifier" in out
+    for text in ("gan_test40 (GAN-test: the lower of the two)", "ind_fd40", "ind_recall40", "real training images", "Ankle bo"):
+        assert text in out
+    with Image.open(workdir / "samples/fm/2_vs_real.png") as fig:  # 10 class lines of 64 px under a 24 px header
+        assert fig.height == 24 + 10 * 64 and fig.width == 110 + 16 * 64 + 32

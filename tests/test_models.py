@@ -16,6 +16,8 @@ from sagan_models import (
     ModelConfig,
     SelfAttention,
     count_params,
+    sample,
+    standing_stats,
 )
 
 # (config, G params, D params): StudioGAN's training logs and heykeetae's port.
@@ -227,3 +229,33 @@ def test_convt_sn_dim_0_normalises_the_in_first_matrix() -> None:
     assert abs(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2).item() - 1) < 1e-3
     torch_convention = torch.linalg.matrix_norm(w.transpose(0, 1).reshape(w.shape[1], -1), ord=2).item()
     assert abs(torch_convention - 1) > 1e-2  # the two conventions have different largest singular values
+
+
+def test_standing_stats_average_fresh_batches_and_leave_g_untouched() -> None:
+    cfg = ModelConfig(imsize=32, g_conv_dim=8, d_conv_dim=8, num_classes=4)
+    G = Generator(cfg)
+    for m in G.modules():  # running statistics far from any batch's: what a stale EMA average looks like
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(5.0)
+            m.running_var.fill_(9.0)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    S = standing_stats(G, batches=4, batch_size=16, seed=3)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())  # G itself untouched
+    assert not S.training
+    bns = [m for m in S.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 and int(m.num_batches_tracked) == 4 for m in bns)
+    first = bns[0]
+    # the first BN's statistics are the plain average of its inputs' batch statistics over the 4 passes
+    seen = []
+    hook = next(m for m in G.modules() if isinstance(m, nn.BatchNorm2d)).register_forward_hook(
+        lambda mod, inp, out: seen.append(inp[0].detach().mean((0, 2, 3))))
+    g = torch.Generator().manual_seed(3)
+    G.train()
+    with torch.no_grad():
+        for _ in range(4):
+            z = torch.randn(16, cfg.z_dim, generator=g)
+            G(z, torch.randint(0, 4, (16,), generator=g))
+    hook.remove()
+    assert torch.allclose(first.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    z = torch.randn(4, cfg.z_dim)
+    assert (sample(S, z, torch.arange(4)) - sample(G, z, torch.arange(4))).abs().max() > 0.1  # the stale statistics mattered

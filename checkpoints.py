@@ -44,6 +44,7 @@ import json
 import os
 import pickle
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -222,16 +223,22 @@ def prune(folder: Path, keep: int) -> None:
 
 
 def _torch_load(path: Path, stand_ins: list | None = None) -> Any:
-    """torch.load(weights_only=True), with `stand_ins` allow-listed; failures become one CheckpointError line."""
+    """torch.load(weights_only=True), with `stand_ins` allow-listed; failures become one CheckpointError line.
+    A FIFO, device or other non-regular file is refused before it is opened (opening a FIFO blocks)."""
+    kind = file_kind(path)
+    if kind not in ("file", "missing", "folder"):
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file; pass a regular file")
+    if kind == "file" and path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a write was cut off or the file was truncated; pick another checkpoint")
     try:
         with torch.serialization.safe_globals(stand_ins or []):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        globals_ = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "reduce for" in ln]
-        if globals_:
-            raise CheckpointError(
-                f"refused to load {path}: it needs arbitrary code to unpickle ({globals_[0].split('. Please')[0]}), and "
-                f"checkpoints are loaded with weights_only=True; use a file written by this code or by a supported reference") from e
+        found = re.search(r"GLOBAL ([\w.]+)|reduce for ([\w.<>]+)", str(e))
+        if found or "GLOBAL" in str(e):
+            what = f" ({found.group(1) or found.group(2)})" if found else ""
+            raise CheckpointError(f"refused to load {path}: it holds objects that this code does not load{what}; use a file "
+                                  f"written by this code or by a supported reference") from e
         raise CheckpointError(f"cannot load {path}: it is damaged or not a checkpoint; pick another file") from e
     except FileNotFoundError as e:
         raise CheckpointError(f"no such file: {path}") from e
@@ -240,6 +247,22 @@ def _torch_load(path: Path, stand_ins: list | None = None) -> Any:
     except Exception as e:  # noqa: BLE001 - any other failure (truncated, not a torch file) gets one line
         raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}; it is damaged or not a checkpoint, "
                               f"pick another file") from e
+
+
+def file_kind(path: Path) -> str:
+    """'file', 'folder', 'missing', or what else the path is (a FIFO, a socket, a device), without opening it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:  # a symlink loop, a name too long
+        return f"unreadable ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device"}.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def load_checkpoint(path: Path) -> dict:

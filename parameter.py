@@ -91,6 +91,38 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 positive = _at_least(1)
 non_negative = _at_least(0)
+SEED_MAX = 2**32 - 1
+MIN_EVAL_SAMPLES = 10  # numpy's limit; torch and random take it too
+
+
+def seed_value(v: str) -> int:
+    """--seed: a whole number in 0..2**32-1."""
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_MAX}, got {v!r}")
+    return n
+
+
+def fraction(v: str) -> float:
+    """A number from 0 to 1 (EMA decays)."""
+    try:
+        f = float(v)
+    except ValueError:
+        f = float("nan")
+    if not 0.0 <= f <= 1.0:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {v!r}")
+    return f
+
+
+def device_name(v: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N."""
+    s = v.strip().lower()
+    if s in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", s):
+        return s
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
 
 
 def positive_step(v: str) -> int:
@@ -231,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta2", type=float, default=0.999)
     t.add_argument("--adam_eps", type=float, default=1e-8, help="Adam eps (torch, official, MMGeneration 1e-8; StudioGAN 1e-6)")
     t.add_argument("--flip", type=str2bool, default=False, help="random horizontal flips of real images")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")
+    t.add_argument("--seed", type=seed_value, default=0)
+    t.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")
 
     s = p.add_argument_group("scale (torchrun, EMA, accumulation)")
@@ -240,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches of --batch_size per optimizer step (global batch = batch_size x accum x processes)")
     s.add_argument("--sync_bn", type=str2bool, default=False, help="under torchrun on CUDA: batch-norm statistics over all processes")
     s.add_argument("--ema", type=str2bool, default=False, help="keep an EMA generator; samples, attention maps and metrics use it")
-    s.add_argument("--ema_decay", type=float, default=0.9999)
+    s.add_argument("--ema_decay", type=fraction, default=0.9999)
     s.add_argument("--ema_start", type=non_negative, default=2000, help="steps before which the EMA generator is a copy of G")
     s.add_argument("--standing_stats", type=non_negative, default=0, metavar="N",
                    help="before sampling and evaluation, recompute the sampling G's batch-norm statistics over N batches of "
@@ -264,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image_path", type=str, default="./data", help="root folder of the datasets")
     d.add_argument("--data_dir", type=str, default=None, help="explicit dataset folder (overrides the layout under --image_path)")
     d.add_argument("--lsun_category", type=str, default="church_outdoor")
-    d.add_argument("--max_images", type=int, default=0, help="use only the first N images of the dataset (0: all)")
+    d.add_argument("--max_images", type=non_negative, default=0, help="use only the first N images of the dataset (0: all)")
 
     o = p.add_argument_group("output")
     o.add_argument("--use_tensorboard", type=str2bool, default=True)
@@ -346,4 +378,14 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if args.dataset == "cifar":
         args.dataset = "cifar10"
+    if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:
+        p.error(f"argument --eval_samples: expected a number >= {MIN_EVAL_SAMPLES} (IS uses 10 splits, and the classifier metric "
+                f"needs 10 samples), got {args.eval_samples}")
+    if args.train and args.attn_points:
+        from visualize import parse_points
+
+        try:
+            parse_points(args.attn_points, args.imsize)
+        except ValueError as e:
+            p.error(f"argument --attn_points: {e} (x and y from 0 to {args.imsize - 1})")
     return args

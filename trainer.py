@@ -47,7 +47,7 @@ from torchvision.utils import make_grid, save_image
 import distributed
 import progress
 import spectral
-from checkpoints import (CHECKPOINT_FORMAT, check_same_model, checkpoint_path, load_checkpoint, prune, write_checkpoint,
+from checkpoints import (CHECKPOINT_FORMAT, CheckpointError, check_same_model, checkpoint_path, load_checkpoint, prune, write_checkpoint,
                          write_json_atomic)
 from data_loader import check_bad_files
 from distributed import DistEnv
@@ -435,6 +435,9 @@ class Trainer:
         self.D.load_state_dict(ckpt["D"])
         self.step = int(ckpt["step"])
         self.source = ckpt.get("source")
+        if ckpt.get("G_ema") is not None and self.ema is None and restore_training:
+            raise CheckpointError(f"{path} holds an EMA generator, which resuming without --ema would drop; pass --ema true "
+                                  f"(its decay was {ckpt.get('args', {}).get('ema_decay', 'not recorded')}) to keep it")
         if ckpt.get("G_ema") is not None and (self.ema is not None or not restore_training):
             if self.ema is None:  # sampling or scoring: use the saved EMA generator
                 saved = ckpt.get("args", {})
@@ -499,9 +502,21 @@ class Trainer:
         path = self.run["models"] / "metrics.jsonl"
         if not path.is_file():
             return set()
-        lines = [(ln, json.loads(ln).get("step", 0)) for ln in path.read_text().splitlines() if ln.strip()]
+        raw = path.read_text().splitlines()
+        lines, dropped = [], False
+        for number, ln in enumerate(raw, 1):
+            if not ln.strip():
+                continue
+            try:
+                lines.append((ln, json.loads(ln).get("step", 0)))
+            except (json.JSONDecodeError, AttributeError):
+                if any(rest.strip() for rest in raw[number:]):
+                    raise CheckpointError(f"{path} line {number} is corrupt (not a JSON record); delete or repair that line, "
+                                          f"then resume")
+                print(f"warning: {path}: dropped an incomplete last line (a write was cut off)", file=sys.stderr, flush=True)
+                dropped = True
         keep = [(ln, step) for ln, step in lines if step <= self.step]
-        if len(keep) != len(lines):
+        if len(keep) != len(lines) or dropped:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(ln + "\n" for ln, _ in keep))
             os.replace(tmp, path)

@@ -249,6 +249,12 @@ def test_total_step_below_the_resumed_step(workdir: Path, capsys: pytest.Capture
     (["--preset", "fmnist32"], "--preset: unknown value 'fmnist32'; did you mean fmnist_32?"),
     (["--preset", "sagan_celeba_64"], "did you mean sagan_celeb_64?"),
     (["--adv_loss", "hinje"], "--adv_loss: unknown value 'hinje'; did you mean hinge?"),
+    (["--device", "bogus"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'bogus'"),
+    (["--seed", "1e20"], "argument --seed: expected a whole number from 0 to 4294967295, got '1e20'"),
+    (["--max_images", "-5"], "argument --max_images: expected a number >= 0, got '-5'"),
+    (["--ema_decay", "nan"], "argument --ema_decay: expected a number from 0 to 1, got 'nan'"),
+    (["--attn_points", "999,999"], "argument --attn_points: attention point (999,999) is outside the 32x32 image (x and y from 0 to 31)"),
+    (["--eval_samples", "5", "--eval_step", "2"], "argument --eval_samples: expected a number >= 10"),
 ])
 def test_flag_values_are_one_line_with_a_suggestion(workdir: Path, capsys: pytest.CaptureFixture, flags: list[str], needle: str) -> None:
     assert needle in _one_line_error(BASE + flags, capsys)
@@ -349,3 +355,25 @@ def test_a_signal_abandons_a_running_evaluation(workdir: Path, monkeypatch: pyte
     assert "step 2 is an evaluation step without a record in metrics.jsonl (a stop came first): evaluating it now" in out
     records = [json.loads(ln) for ln in (workdir / "models/e/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3]
+
+
+def test_metrics_jsonl_with_a_cut_last_line_resumes_and_a_corrupt_middle_line_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = _trained(workdir, "m", steps=2)
+    records = folder / "metrics.jsonl"
+    records.write_text('{"step": 1, "cls_acc": 0.5}\n{"step": 2, "cls_acc": 0.6}\n{"step": 2, "cls_a')  # killed during an append
+    capsys.readouterr()
+    assert main(BASE + ["--num_workers", "0", "--version", "m", "--total_step", "3", "--pretrained_model", "latest"]) == 0
+    assert "dropped an incomplete last line" in capsys.readouterr().err
+    assert records.read_text() == '{"step": 1, "cls_acc": 0.5}\n{"step": 2, "cls_acc": 0.6}\n'
+    records.write_text('{"step": 1}\n{"step": 2, "cls_a\n{"step": 3}\n')
+    err = _one_line_error(BASE + ["--version", "m", "--total_step", "4", "--pretrained_model", "latest"], capsys)
+    assert "metrics.jsonl line 2 is corrupt" in err and "delete or repair that line" in err
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["2.pt", "3.pt"]
+
+
+def test_resuming_an_ema_run_without_ema_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(BASE + ["--num_workers", "0", "--version", "e", "--total_step", "2", "--ema", "true", "--ema_start", "1"]) == 0
+    capsys.readouterr()
+    err = _one_line_error(BASE + ["--version", "e", "--total_step", "3", "--pretrained_model", "latest"], capsys)
+    assert "holds an EMA generator, which resuming without --ema would drop; pass --ema true" in err
+    assert main(BASE + ["--num_workers", "0", "--version", "e", "--total_step", "3", "--pretrained_model", "latest", "--ema", "true"]) == 0

@@ -183,11 +183,24 @@ def test_malicious_checkpoint_is_refused(workdir: Path) -> None:
     torch.save({"format": 1, "payload": Evil()}, folder / "1.pt")
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(folder / "1.pt")
-    assert "refused to load" in str(e.value) and "weights_only=True" in str(e.value)
+    msg = str(e.value)
+    assert "refused to load" in msg and "holds objects that this code does not load (posix.system)" in msg
+    assert "weights_only" not in msg and len(msg.splitlines()) == 1  # never torch's advice to load it unsafely
     assert not marker.exists()
     (folder / "2.pt").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="damaged or not a checkpoint"):
         load_checkpoint(folder / "2.pt")
+    (folder / "3.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty \\(0 bytes\\)"):
+        load_checkpoint(folder / "3.pt")
+
+
+def test_a_fifo_as_a_checkpoint_is_refused_without_opening_it(workdir: Path) -> None:
+    folder = workdir / "models/fifo"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "4.pt")  # opening it for reading would block until a writer comes
+    with pytest.raises(CheckpointError, match="is a FIFO \\(named pipe\\), not a checkpoint file"):
+        load_checkpoint(folder / "4.pt")
 
 
 # -- bad images ---------------------------------------------------------------------------------

@@ -126,10 +126,25 @@ class Inception:
         self.net = net.to(device).eval()
         self.device = device
 
+    # What the features are computed with; part of the reference-statistics cache key.
+    PRECISION = "fp32, TF32 off"
+
     @torch.no_grad()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        pool, logits = self.net(images.to(self.device))
+        with no_tf32():  # full fp32 on GPUs too, so that GPU and CPU statistics agree
+            pool, logits = self.net(images.to(self.device))
         return pool.cpu(), logits.cpu()
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Matmuls and cuDNN convolutions in full fp32 (no TF32) inside the block; the flags come back after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -292,7 +307,7 @@ def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, ca
     """{'pool': (N, 2048) float32, 'mu', 'sigma', 'meta'} of the training images; computed once, then cached."""
     idx = reference_indices(len(dataset), n_ref)
     meta = {"dataset": name, "split": "train", "imsize": imsize, "n": int(len(idx)), "weights_sha256": net.sha256,
-            "data": dataset_fingerprint(dataset), "protocol": PROTOCOL}
+            "data": dataset_fingerprint(dataset), "protocol": PROTOCOL, "device": net.device.type, "precision": net.PRECISION}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / "refstats" / f"{name}-train-{imsize}px-{len(idx)}-{key}.pt"
     if path.is_file():

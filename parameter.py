@@ -378,6 +378,9 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if args.dataset == "cifar":
         args.dataset = "cifar10"
+    if args.parallel and args.amp != "off":
+        p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
+                f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (README, 'Many GPUs')")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:
         p.error(f"argument --eval_samples: expected a number >= {MIN_EVAL_SAMPLES} (IS uses 10 splits, and the classifier metric "
                 f"needs 10 samples), got {args.eval_samples}")

@@ -54,8 +54,10 @@ Attention backends (`set_attention_backend`, a runtime choice, not part of the m
   which is the same as zeroing their attention rows.
 - "math": the explicit bmm-softmax-bmm of eq. (1)-(2), the reference that the tests compare against.
   It is also used whenever the attention map is requested (`return_attn=True`).
-Under autocast the softmax runs in fp32 on both paths (autocast promotes `softmax`; the fused
-kernels accumulate in fp32).
+Under autocast the scores and the softmax are fp32 on both paths: the math path turns autocast off
+for QK^T and the softmax (fp16 QK^T of large activations overflows to inf, then NaN), and the fused
+kernels accumulate in fp32. Conditional BN casts its fp32 class gains to the activation's dtype, so a
+block's output keeps the autocast dtype.
 
 Deliberate deviations from the official code (the README's "differences from the references" lists
 them too):
@@ -275,8 +277,9 @@ class CondBatchNorm2d(nn.Module):
         h = self.bn(x)
         if self.num_classes == 0:
             return h
-        gain = 1 + self.gain(y)[:, :, None, None]  # (B, C, 1, 1)
-        return h * gain + self.bias(y)[:, :, None, None]
+        gain = 1 + self.gain(y)[:, :, None, None]  # (B, C, 1, 1), fp32 tables
+        # in the activation's dtype: under autocast, fp32 gains would promote this block to fp32
+        return h * gain.to(h.dtype) + self.bias(y)[:, :, None, None].to(h.dtype)
 
 
 def _span_mask(h: int, w: int, span: int, pooled: bool, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -367,12 +370,15 @@ class SelfAttention(nn.Module):
                 o = o * keep
             o = o.transpose(1, 2).reshape(b, -1, h, w)  # (B, Cv, H, W)
         else:
-            energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, M), no 1/sqrt(d)
-            if self.span:
-                bias, keep = self.mask(h, w, x.device, energy.dtype)
-                attn = F.softmax(energy + bias, dim=-1) * keep  # (B, N, M)
-            else:
-                attn = F.softmax(energy, dim=-1)  # (B, N, M): softmax over keys
+            # Scores and softmax in fp32 whatever autocast says: QK^T of large fp16 activations overflows to
+            # inf, and the softmax then gives NaN (the fused kernels accumulate in fp32 themselves).
+            with torch.autocast(x.device.type, enabled=False):
+                energy = torch.bmm(q.transpose(1, 2).float(), k.float())  # (B, N, M), no 1/sqrt(d)
+                if self.span:
+                    bias, keep = self.mask(h, w, x.device, energy.dtype)
+                    attn = F.softmax(energy + bias, dim=-1) * keep  # (B, N, M)
+                else:
+                    attn = F.softmax(energy, dim=-1)  # (B, N, M): softmax over keys
             o = torch.bmm(v, attn.transpose(1, 2).to(v.dtype)).view(b, -1, h, w)  # (B, Cv, H, W)
         if self.out is not None:
             o = self.out(o)  # (B, C, H, W)

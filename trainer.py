@@ -131,23 +131,37 @@ def attention_gammas(model: nn.Module) -> dict[str, float]:
     return {name: m.gamma.item() for name, m in model.named_modules() if isinstance(m, (SelfAttention, ResidualControl))}
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The random state of this process: Python, numpy, torch's CPU generator and, on CUDA, the
+    generator of this process's own device only (not every visible GPU's)."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+        "device": device.type,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> bool:
+    """Restore a state saved by `rng_state`; returns whether the stream is restored bit for bit (False when
+    it was saved on another kind of device). Files from before "device" was recorded hold every visible
+    GPU's state: this device's index is taken from them when it exists."""
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    if device.type != "cuda":
+        return not saved
+    if not saved:
+        return False
+    index = 0 if "device" in state else (device.index or 0)
+    if index >= len(saved):
+        return False
+    torch.cuda.set_rng_state(saved[index], device)
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -275,11 +289,16 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_g, self.ddp_d = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+            # D's only buffers are its spectral-norm u and v, equal on every rank by construction (same init,
+            # same all-reduced weights, the same power iteration), so they are not broadcast at each forward.
+            self.ddp_g, self.ddp_d = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids, broadcast_buffers=False)
             self.g_train, self.d_train = self.ddp_g, self.ddp_d
         elif args.parallel and self.device.type == "cuda" and torch.cuda.device_count() > 1:
             self.g_train, self.d_train = nn.DataParallel(self.G), nn.DataParallel(self.D)
         self.d_frozen = self.D if self.dist.enabled else self.d_train
+        self.d_penalty = self.d_frozen  # the gradient penalty's D: never compiled (AOTAutograd has no double backward)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
         if getattr(args, "compile", False):
             # Only the training-mode calls are compiled; sampling and evaluation use the eager modules
             # (same parameters), so switching to eval mode never triggers a recompile.
@@ -375,7 +394,7 @@ class Trainer:
             # Position in the data: batches of this process consumed in the epoch, and the batch size and
             # process count that give it in images (so that a run can resume under another layout).
             "data": {"epoch": self.epoch, "batch": self.batch_in_epoch, "world": self.dist.world, "batch_size": self.args.batch_size},
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "rng_ranks": rng_ranks or [],
             "best": dict(self.best),
             "source": self.source,
@@ -396,7 +415,7 @@ class Trainer:
         folder = self.run["models"]
         stem = name or str(self.step)
         path = folder / f"{stem}.pt"
-        rng_ranks = distributed.gather_objects(self.dist, rng_state()) if name is None else None
+        rng_ranks = distributed.gather_objects(self.dist, rng_state(self.device)) if name is None else None
         bad = self.nonfinite_weights()
         if bad:
             raise FloatingPointError(f"non-finite weights in {', '.join(bad)} at step {self.step}; not saved. "
@@ -458,11 +477,16 @@ class Trainer:
             self.batch_in_epoch = images // (self.args.batch_size * self.dist.world)
             ranks = ckpt.get("rng_ranks") or []
             if len(ranks) == self.dist.world:
-                set_rng_state(ranks[self.dist.rank])
+                exact = set_rng_state(ranks[self.dist.rank], self.device)
             elif self.dist.is_main:
-                set_rng_state(ckpt["rng"])
+                exact = set_rng_state(ckpt["rng"], self.device) and len(ranks) <= 1
             else:
                 self.seed_rank()
+                exact = False
+            if not exact and self.dist.is_main:
+                saved = ckpt["rng"].get("device", "cuda" if ckpt["rng"].get("cuda") else "cpu")
+                print(f"note: {path} was saved by {max(len(ranks), 1)} process(es) on {saved}, resumed by {self.dist.world} on "
+                      f"{self.device.type}: training resumes, but its random stream is not restored bit for bit", flush=True)
             self.best.update(ckpt.get("best", {}))
             self.last_saved = path if path.stem.isdigit() else None
         return path
@@ -572,7 +596,7 @@ class Trainer:
                 loss = self.d_loss_fn(d_real, d_fake)
                 parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
                 if a.adv_loss == "wgan-gp":
-                    gp = gradient_penalty(self.d_frozen, x, fake.float(), y_real)  # in fp32
+                    gp = gradient_penalty(self.d_penalty, x, fake.float(), y_real)  # in fp32, eager
                     loss = loss + a.lambda_gp * gp
                     parts["loss/gp"] = gp
                 self.scaler.scale(loss / k).backward()

@@ -1,7 +1,7 @@
 """Run by tests/test_scale.py under `torchrun --nproc_per_node 2`: main.main(argv) with two probes.
 
-- After every training iteration the flattened parameters of G and D are all-gathered and compared
-  across ranks, and each rank records the sum of the first real batch it drew (ranks must differ).
+- After every training iteration the flattened parameters of G and D and D's buffers (spectral-norm u
+  and v) are all-gathered and compared across ranks, and each rank records the sum of the first real batch it drew (ranks must differ).
 - An audit hook records every file or folder this process creates or writes under the working folder.
 Each rank then writes report_<rank>.json into $REPORT_DIR (outside the run folders).
 """
@@ -56,7 +56,9 @@ def checked_iteration(self: Trainer, batches):  # type: ignore[no-untyped-def]
             yield x, y
 
     out = original_iteration(self, recording(batches) if not first_batch_sum else batches)
-    vec = torch.cat([p.detach().flatten() for p in [*self.G.parameters(), *self.D.parameters()]])
+    # D's spectral-norm u and v too: DDP does not broadcast D's buffers (broadcast_buffers=False), so they must stay
+    # bit-equal by construction
+    vec = torch.cat([p.detach().flatten() for p in [*self.G.parameters(), *self.D.parameters(), *self.D.buffers()]])
     gathered = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, vec)
     equal_after_step.append(all(torch.equal(gathered[0], v) for v in gathered))

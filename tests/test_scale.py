@@ -43,6 +43,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert r1["writes"] == [], r1["writes"]  # only rank 0 writes
     assert {"models/ddp/.4.pt.tmp", "models/ddp/4.pt", "models/ddp/latest"} <= set(r0["writes"]) and any(w.startswith("samples/ddp/4_fake") for w in r0["writes"])
     assert "resumed from models/ddp/2.pt at step 2" in run.stdout
+    assert "saved by 1 process(es) on cpu, resumed by 2 on cpu: training resumes, but its random stream is not restored" in run.stdout
     assert "= 16 images per D update" in run.stdout and run.stdout.count("step 4/4") == 1
     ckpt = torch.load(tmp_path / "models/ddp/4.pt", weights_only=True)
     assert ckpt["step"] == 4 and len(ckpt["rng_ranks"]) == 2 and ckpt["G_ema"] is not None
@@ -51,6 +52,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(argv + ["--total_step", "6", "--pretrained_model", "latest"]) == 0
     out = capsys.readouterr().out
     assert "at step 4" in out and "step 5/6" in out and "step 6/6" in out
+    assert "saved by 2 process(es) on cpu, resumed by 1 on cpu" in out
 
 
 def test_launch_environment_errors(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

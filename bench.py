@@ -27,6 +27,17 @@ loading timed) for at most SECONDS of training, and every `--acc_every` steps th
 time left off the clock. Printed: median seconds per step, and the training seconds (and step) at
 which the accuracy first reached 50%, 75% and 85%.
 
+Data loading, on its own:
+
+    python bench.py --make_jpegs jpegs --n 2000      # synthetic ImageNet-sized JPEGs (350-500 px, mixed aspect ratios)
+    python bench.py --loader jpegs --imsize 128 --num_workers 2 [--full_decode]
+
+`--loader FOLDER` times the training loader (`data_loader.get_loader`, `--dataset folder`) over the
+folder: one batch to start the workers, then every further batch of one epoch. Printed: images per
+second in total and per worker, and milliseconds per image per core (workers x elapsed / images; the
+main process itself with 0 workers); and, unless `--full_decode`, the PSNR of the reduced-size decode
+against the full one after the same crop and resize.
+
 `--save_time N` times what a stop signal costs at the end: N writes of the full checkpoint (G, D, EMA,
 both Adam states) of the model the flags build, e.g. `python bench.py --save_time 3 --preset sagan_imagenet_128`.
 """
@@ -38,14 +49,18 @@ import ctypes
 import gc
 import itertools
 import json
+import math
 import resource
 import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from parameter import get_parameters
 from sagan_models import count_params, set_attention_backend
@@ -232,6 +247,71 @@ def save_time(argv: Sequence[str], n: int) -> dict:
             "G_params": count_params(trainer.G), "D_params": count_params(trainer.D)}
 
 
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
+    """n JPEGs the size of ImageNet's photos (quality 90): a colour 1/f-noise texture (the power spectrum of
+    natural images) under a vertical gradient, with a few soft-edged ellipses; the long side 350-500 px,
+    aspect ratios 4:3, 3:4, 1:1, 3:2 and 16:9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ratios = (4 / 3, 3 / 4, 1.0, 3 / 2, 16 / 9)
+    for i in range(n):
+        r = ratios[i % len(ratios)]
+        long = int(rng.integers(350, 501))
+        w, h = (long, round(long / r)) if r >= 1 else (round(long * r), long)
+        fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+        amp = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(w, h))  # 1/f amplitude
+        spec = amp[None] * np.exp(2j * np.pi * rng.random((2, h, w // 2 + 1)))
+        tex = np.fft.irfft2(spec, s=(h, w), axes=(1, 2))
+        tex = (tex - tex.mean((1, 2), keepdims=True)) / (tex.std((1, 2), keepdims=True) + 1e-9)
+        luma, chroma = tex[0][..., None], tex[1][..., None] * (rng.random(3) - 0.5)  # (H, W, 1), (H, W, 3)
+        img = 120 + 40 * luma + 25 * chroma + np.linspace(50, -50, h)[:, None, None] * rng.random(3)
+        yy, xx = np.mgrid[0:h, 0:w]
+        for _ in range(int(rng.integers(2, 6))):
+            cy, cx, ry, rx = rng.random() * h, rng.random() * w, (0.05 + 0.25 * rng.random()) * h, (0.05 + 0.25 * rng.random()) * w
+            inside = np.clip(8 * (1 - np.hypot((yy - cy) / ry, (xx - cx) / rx)), 0, 1)[..., None]  # an edge a few px wide
+            img = img * (1 - inside) + inside * (rng.random(3) * 200 + 30 * luma)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def loader_speed(argv: Sequence[str]) -> dict:
+    """Time the training loader over an image folder (`--dataset folder --data_dir ...` in argv)."""
+    from data_loader import build_dataset, get_loader
+
+    args = get_parameters(list(argv))
+    dataset, _ = build_dataset(args)
+    loader = get_loader(args, dataset, torch.device("cpu"))
+    workers = loader.num_workers
+    it = iter(loader)
+    next(it)  # starts the workers
+    t0, images = time.perf_counter(), 0
+    for x, _ in it:
+        images += len(x)
+    elapsed = time.perf_counter() - t0
+    del it
+    rate = images / elapsed
+    return {"workers": workers, "images": images, "seconds": elapsed, "img_per_s": rate,
+            "img_per_s_per_worker": rate / max(workers, 1), "ms_per_image_per_core": 1000 * max(workers, 1) / rate}
+
+
+def decode_psnr(folder: Path, imsize: int, n: int = 200) -> dict:
+    """PSNR (dB, uint8 scale) of the reduced-size decode against the full one, after the same centre crop and
+    resize to imsize, over the first n images; and the fraction of them decoded at reduced size."""
+    from data_loader import list_images, open_rgb, square_transform
+    from metrics import to_uint8
+
+    tf = square_transform(imsize)
+    values, reduced = [], 0
+    for f in list_images(folder)[:n]:
+        full, fast = (to_uint8(tf(open_rgb(f, d))).double() for d in (None, imsize))
+        with Image.open(f) as img:
+            reduced += min(img.size) >= 2 * imsize
+        mse = ((full - fast) ** 2).mean().item()
+        values.append(float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse))
+    finite = [v for v in values if math.isfinite(v)]
+    return {"images": len(values), "reduced": reduced / max(len(values), 1),
+            "median_db": statistics.median(values) if values else float("nan"), "min_db": min(finite) if finite else float("inf")}
+
+
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     if not spec:
         return [("base", [])]
@@ -258,9 +338,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--acc_samples", type=int, default=1000, help="with --time_to_acc: samples per accuracy check")
     p.add_argument("--save_time", type=int, default=None, metavar="N",
                    help="instead of timing iterations: write the model's full checkpoint N times (README, 'Preemption')")
+    p.add_argument("--make_jpegs", type=Path, default=None, metavar="FOLDER", help="write --n synthetic ImageNet-sized JPEGs here")
+    p.add_argument("--n", type=int, default=2000, help="with --make_jpegs: how many")
+    p.add_argument("--loader", type=Path, default=None, metavar="FOLDER", help="time the training loader over this image folder")
     own, rest = p.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
+    if own.make_jpegs:
+        t0 = time.perf_counter()
+        make_jpegs(own.make_jpegs, own.n)
+        print(f"wrote {own.n} JPEGs to {own.make_jpegs} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+    if own.loader:
+        flags = ["--dataset", "folder", "--data_dir", str(own.loader), *rest]
+        r = loader_speed(flags)
+        args = get_parameters(flags)
+        print(f"loader over {own.loader} at {args.imsize} px, {'full' if args.full_decode else 'reduced-size'} JPEG decode, "
+              f"{r['workers']} workers, batch {args.batch_size}: {r['images']} images in {r['seconds']:.1f} s = "
+              f"{r['img_per_s']:.0f} images/s ({r['img_per_s_per_worker']:.0f} per worker), "
+              f"{r['ms_per_image_per_core']:.2f} ms per image per core")
+        if not args.full_decode:
+            q = decode_psnr(own.loader, args.imsize)
+            print(f"reduced-size decode vs full decode at {args.imsize} px over {q['images']} images: median PSNR "
+                  f"{q['median_db']:.1f} dB, lowest {q['min_db']:.1f} dB; {q['reduced']:.0%} of them decoded at reduced size")
+        if own.json:
+            Path(own.json).write_text(json.dumps({"flags": flags, **r}, indent=2))
+        return 0
     if own.time_to_acc:
         rows = []
         for vname, flags in parse_compare(own.compare):

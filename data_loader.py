@@ -23,6 +23,17 @@ decoded (corrupt, truncated, not an image) is skipped: the item is replaced by t
 and marked in a shared-memory bitmap (`bad_files`), so that the trainer can warn with a count and
 stop when more than `MAX_BAD_FRACTION` of the dataset is unreadable.
 
+Reduced-size decoding: ImageNet, `folder` and LSUN crop and resize by proportion, so a JPEG whose short
+side is at least twice the target is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (PIL's `draft`,
+never below the target) and then resized exactly as before. BENCHMARKS.md ("Loader") gives its speed
+and its distance from the full decode (PSNR); `--full_decode` keeps the full decode. CelebA's fixed
+160 px crop is in pixels of the full image, so CelebA is always decoded in full.
+
+Loader workers (`--num_workers`, default auto): 0 for the in-memory datasets (CIFAR-10,
+Fashion-MNIST), else the CPUs this process may use (`os.sched_getaffinity`) divided by the processes
+of the node (torchrun's LOCAL_WORLD_SIZE), at most 16. Workers persist across epochs and prefetch 4
+batches each.
+
 Fashion-MNIST (Xiao, Rasul and Vollgraf 2017) is held in memory as uint8. Its 28x28 images sit on a
 black background, so at 32 px they are padded with 2 px of zeros (black, -1 after normalisation)
 rather than resized; at other sizes they are resized (bilinear, antialiased) and rounded back to
@@ -68,9 +79,15 @@ def _normalise() -> list[Callable]:
     return [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
 
 
-def open_rgb(src: "Path | io.BytesIO") -> Image.Image:
-    """Decode an image fully and return it as 8-bit RGB (see the module docstring for the conversions)."""
+def open_rgb(src: "Path | io.BytesIO", draft: int | None = None) -> Image.Image:
+    """Decode an image and return it as 8-bit RGB (see the module docstring for the conversions). With
+    `draft`, a JPEG whose short side is at least twice `draft` is decoded at a reduced size (libjpeg's
+    DCT scaling by 1/2, 1/4 or 1/8, PIL's `draft`) whose short side is still at least `draft`."""
     with Image.open(src) as img:
+        if draft and img.format == "JPEG" and min(img.size) >= 2 * draft:
+            w, h = img.size
+            short = min(w, h)
+            img.draft(img.mode, (-(-w * draft // short), -(-h * draft // short)))
         img.load()
         mode = img.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -265,11 +282,12 @@ def check_image_files(files: list[Path], where: Path, samples: int = 32) -> list
 
 
 class ImageFiles(ReadableItems):
-    """Image files with optional integer labels, decoded with `open_rgb`."""
+    """Image files with optional integer labels, decoded with `open_rgb` (at reduced size for large JPEGs
+    when `draft` is the target short side; only for transforms that crop and resize by proportion)."""
 
-    def __init__(self, files: list[Path], labels: list[int] | None, transform: Callable) -> None:
+    def __init__(self, files: list[Path], labels: list[int] | None, transform: Callable, draft: int | None = None) -> None:
         super().__init__(len(files))
-        self.files, self.labels, self.transform = files, labels, transform
+        self.files, self.labels, self.transform, self.draft = files, labels, transform, draft
 
     def source_files(self) -> list[Path]:
         return list(self.files)
@@ -278,7 +296,7 @@ class ImageFiles(ReadableItems):
         return str(self.files[i])
 
     def read(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(open_rgb(self.files[i])), self.labels[i] if self.labels is not None else 0
+        return self.transform(open_rgb(self.files[i], self.draft)), self.labels[i] if self.labels is not None else 0
 
 
 def class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -301,10 +319,10 @@ def class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
 class LSUN(ReadableItems):
     """One LSUN category's lmdb export; values are encoded images. The lmdb handle opens lazily per worker."""
 
-    def __init__(self, db_path: Path, transform: Callable) -> None:
+    def __init__(self, db_path: Path, transform: Callable, draft: int | None = None) -> None:
         import lmdb
 
-        self.db_path, self.transform, self.env = str(db_path), transform, None
+        self.db_path, self.transform, self.env, self.draft = str(db_path), transform, None, draft
         with lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False) as env:
             with env.begin() as txn:
                 self.keys = list(txn.cursor().iternext(keys=True, values=False))
@@ -326,13 +344,14 @@ class LSUN(ReadableItems):
             self.env = lmdb.open(self.db_path, readonly=True, lock=False, readahead=False, meminit=False)
         with self.env.begin() as txn:
             buf = txn.get(self.keys[i])
-        return self.transform(open_rgb(io.BytesIO(buf))), 0
+        return self.transform(open_rgb(io.BytesIO(buf), self.draft)), 0
 
 
 class CIFAR10(Dataset):
     """CIFAR-10 training set from the python pickles (`data_batch_1` .. `data_batch_5`)."""
 
     num_classes = 10
+    in_memory = True  # loader workers would only add inter-process copies
 
     def __init__(self, folder: Path, imsize: int) -> None:
         data, labels = [], []
@@ -415,6 +434,7 @@ class FashionMNIST(Dataset):
 
     num_classes = 10
     class_names = FMNIST_CLASSES
+    in_memory = True
 
     def __init__(self, folder: Path, imsize: int, split: str = "train") -> None:
         img_base, lab_base, _ = FMNIST_FILES[split]  # the full counts are download.sh's check; tests use small files
@@ -468,6 +488,7 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
     root = Path(args.image_path)
     data_dir = Path(args.data_dir) if args.data_dir else None
     name, imsize = args.dataset, args.imsize
+    draft = None if getattr(args, "full_decode", False) else imsize  # reduced-size JPEG decoding (scale-free transforms only)
     if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
         what = {"lsun": "the lmdb folder of the LSUN category", "cifar10": "the cifar-10-batches-py folder",
                 "fashion_mnist": "the folder of the four idx files"}.get(name, "the folder of the images")
@@ -493,7 +514,7 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
         db = data_dir or root / f"{cat}_train_lmdb"
         if not (db / "data.mdb").is_file():
             raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: bash download.sh LSUN {cat}")
-        ds = LSUN(db, T.Compose([T.Resize(imsize), T.CenterCrop(imsize), *_normalise()]))
+        ds = LSUN(db, T.Compose([T.Resize(imsize), T.CenterCrop(imsize), *_normalise()]), draft)
         if len(ds) == 0:
             raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh LSUN {cat}")
         return ds, 0
@@ -516,19 +537,19 @@ def _build_full(args: Namespace) -> tuple[Dataset, int]:
                 f"ImageNet not found: no class folders of images under {folder}{no_images_hint(folder)}; download the ILSVRC2012 "
                 f"train set from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
             )
-        return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize)), len(classes)
+        return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize), draft), len(classes)
 
     if name == "folder":
         folder = data_dir or root
         files, labels, classes = class_folders(folder)
         top = [f for f in list_images(folder) if f.parent == folder] if folder.is_dir() else []
         if len(classes) >= 2 and not top:
-            return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize)), len(classes)
+            return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize), draft), len(classes)
         files = list_images(folder) if folder.is_dir() else []
         if not files:
             raise DatasetError(f"no images found under {folder}{no_images_hint(folder)}; pass --data_dir with a folder of images "
                                f"(optionally one sub-folder per class)")
-        return ImageFiles(check_image_files(files, folder), None, square_transform(imsize)), 0
+        return ImageFiles(check_image_files(files, folder), None, square_transform(imsize), draft), 0
 
     raise DatasetError(f"unknown dataset {name!r}")
 
@@ -567,16 +588,51 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+MAX_AUTO_WORKERS = 16
+PREFETCH_FACTOR = 4  # batches each worker keeps ready (torch's default is 2)
+
+
+def in_memory(dataset: Dataset) -> bool:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return bool(getattr(base, "in_memory", False))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which SLURM and taskset narrow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(dataset: Dataset, local_processes: int = 1) -> int:
+    """--num_workers auto: 0 for in-memory datasets; else the usable CPUs shared by the processes of this
+    node (torchrun's LOCAL_WORLD_SIZE), at least 1, at most MAX_AUTO_WORKERS."""
+    if in_memory(dataset):
+        return 0
+    return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(1, local_processes)))
+
+
+def workers_for(args: Namespace, dataset: Dataset) -> int:
+    """--num_workers, or its automatic value when not given."""
+    if args.num_workers is not None:
+        return args.num_workers
+    return default_workers(dataset, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: int = 0, world: int = 1) -> DataLoader:
     """The training loader: `EpochBatchSampler` batches of --batch_size per process; workers persist
-    across epochs; pinned memory on CUDA. The trainer moves it with `batch_sampler.set_epoch`."""
+    across epochs and keep PREFETCH_FACTOR batches each ready; pinned memory on CUDA. The trainer moves
+    it with `batch_sampler.set_epoch`."""
     sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, rank, world)
+    workers = workers_for(args, dataset)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=args.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.num_workers > 0,
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(args.seed),  # worker seeds; never the global RNG
     )

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 import distributed
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
-from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader
+from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader, workers_for
 from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, get_parameters, split_global_batch
@@ -78,7 +78,7 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
         dataset, _ = build_dataset(args)
     if weights is not None:
         return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
-                         args.eval_ref_samples, args.eval_batch_size, args.num_workers)
+                         args.eval_ref_samples, args.eval_batch_size, workers_for(args, dataset))
     test = build_test_split(args)
     if test is None:
         raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(CLASSIFIER_DATASETS)}); "
@@ -219,7 +219,8 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
             f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)
         say(f"batch: {args.batch_size} per process x {trainer.accum} micro-batches x {env.world} processes "
-            f"= {trainer.global_batch} images per D update", flush=True)
+            f"= {trainer.global_batch} images per D update; workers {loader.num_workers}"
+            f"{' (auto)' if args.num_workers is None else ''} per process", flush=True)
         trainer.train()
         say(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
     finally:

@@ -117,6 +117,13 @@ def fraction(v: str) -> float:
     return f
 
 
+def workers_value(v: str) -> int | None:
+    """--num_workers: a whole number >= 0, or auto."""
+    if v.strip().lower() == "auto":
+        return None
+    return non_negative(v)
+
+
 def device_name(v: str) -> str:
     """--device: auto, cpu, cuda or cuda:N."""
     s = v.strip().lower()
@@ -254,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--total_step", type=positive_step, default=1_000_000, help="generator steps")
     t.add_argument("--d_iters", "--n_dis", dest="n_dis", type=positive_step, default=1, help="D steps per G step")
     t.add_argument("--batch_size", type=positive, default=64, help="images per process per micro-batch (see --accum)")
-    t.add_argument("--num_workers", type=int, default=2)
+    t.add_argument("--num_workers", type=workers_value, default=None,
+                   help="loader worker processes (default auto: 0 for in-memory datasets, else the usable CPUs per local "
+                        "process, at most 16)")
     t.add_argument("--g_lr", type=float, default=1e-4)
     t.add_argument("--d_lr", type=float, default=4e-4)
     t.add_argument("--lr_decay", type=float, default=1.0, help="multiply both learning rates by this every --lr_decay_step steps")
@@ -296,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image_path", type=str, default="./data", help="root folder of the datasets")
     d.add_argument("--data_dir", type=str, default=None, help="explicit dataset folder (overrides the layout under --image_path)")
     d.add_argument("--lsun_category", type=str, default="church_outdoor")
+    d.add_argument("--full_decode", type=str2bool, default=False, nargs="?", const=True,
+                   help="decode every JPEG at full size (default: large JPEGs are decoded at reduced size, then resized)")
     d.add_argument("--max_images", type=non_negative, default=0, help="use only the first N images of the dataset (0: all)")
 
     o = p.add_argument_group("output")

@@ -100,20 +100,61 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Median rate of an n x n @ n x n matmul (2 n^3 FLOPs)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+# Dense bf16 peaks (TFLOP/s, without sparsity) of the devices we know, by a substring of their name.
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+                    "A100": 312.0}
+
+
+def bf16_peak(name: str) -> float | None:
+    """The device's dense bf16 peak in FLOP/s where known (NVIDIA's data sheets), else None."""
+    for key, tflops in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, sizes: Sequence[int] | None = None, reps: int = 10) -> float:
+    """The best median rate over square matmuls of each size (2 n^3 FLOPs). On CUDA: 4096^3 and 8192^3,
+    timed with CUDA events (a 2048^3 product takes about as long as a launch and a sync on an H100, so it
+    reads low); fp32 with TF32 off, so that fp32 variants are compared with true fp32. On the CPU: 2048^3."""
+    from metrics import no_tf32
+
+    cuda = device.type == "cuda"
+    best = 0.0
+    for n in sizes or ((4096, 8192) if cuda else (2048,)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        with no_tf32():
+            for _ in range(2):
+                a @ b
+            times = []
+            for _ in range(reps):
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    a @ b
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end) / 1000)
+                else:
+                    t = time.perf_counter()
+                    a @ b
+                    times.append(time.perf_counter() - t)
+        best = max(best, 2 * n**3 / statistics.median(times))
+        del a, b
+    return best
+
+
+def run_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
+    """The dtype a variant's matmuls run in: its AMP dtype on a GPU, else fp32."""
+    if device.type != "cuda":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
+
+
+def tf32_flags() -> str:
+    return (f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
+            f"(float32 matmul precision {torch.get_float32_matmul_precision()})")
 
 
 def make_trainer(argv: Sequence[str], num_classes: int) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
@@ -397,29 +438,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = get_parameters(rest)
     device = resolve_device(base.device)
     variants = parse_compare(own.compare)
-    mm_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(base.amp, torch.float32) if device.type == "cuda" else torch.float32
-    mm = matmul_flops_per_s(device, mm_dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; base flags: {' '.join(rest)}")
-    print(f"dense {str(mm_dtype).split('.')[-1]} matmul: {mm / 1e9:.1f} GFLOP/s; model FLOPs per iteration counted "
-          f"per variant (GFLOP per iteration (counted) column)")
+    peak = bf16_peak(name) if device.type == "cuda" else None
+    print(f"device: {name}; torch {torch.__version__}; {tf32_flags()}; base flags: {' '.join(rest)}")
+    rates: dict[torch.dtype, float] = {}
     results = []
     for vname, flags in variants:
-        r = bench_variant(list(rest) + flags, own.num_classes_bench, own.warmup, own.iters)
+        argv_v = list(rest) + flags
+        args_v = get_parameters(argv_v)
+        if device.type == "cuda" and args_v.amp == "off" and args_v.tf32 is None:
+            argv_v += ["--tf32", "false"]  # an fp32 baseline that is fp32 (cuDNN would use TF32 by default)
+        dtype = run_dtype(args_v, device)
+        if dtype not in rates:
+            rates[dtype] = matmul_flops_per_s(device, dtype)
+            print(f"dense {str(dtype).split('.')[-1]} matmul: {rates[dtype] / 1e12:.2f} TFLOP/s"
+                  + (f" ({rates[dtype] / peak:.0%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak)" if peak else ""))
+        r = bench_variant(argv_v, own.num_classes_bench, own.warmup, own.iters)
         gc.collect()
-        flops = count_flops(list(rest) + flags, own.num_classes_bench)  # after timing: its peak is not measured
-        r.update(name=vname, flags=" ".join(flags), flops=flops, gflop_per_s=flops / r["s_per_iter"] / 1e9)
-        r["matmul_fraction"] = flops / r["s_per_iter"] / mm
+        flops = count_flops(argv_v, own.num_classes_bench)  # after timing: its peak is not measured
+        r.update(name=vname, flags=" ".join(flags), flops=flops, gflop_per_s=flops / r["s_per_iter"] / 1e9,
+                 dtype=str(dtype).split(".")[-1], tf32=tf32_flags())
+        r["matmul_fraction"] = flops / r["s_per_iter"] / rates[dtype]
+        r["peak_fraction"] = flops / r["s_per_iter"] / peak if peak else None
         results.append(r)
         gc.collect()
     first = results[0]["s_per_iter"]
-    print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} {'time ratio':>10}")
+    print("model FLOPs per iteration are counted per variant; 'of matmul' is against the dense matmul of the variant's "
+          "own dtype" + (", 'of peak' against the bf16 peak" if peak else ""))
+    print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} "
+          f"{'of peak':>8} {'time ratio':>10}")
     for r in results:
+        pf = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] is not None else "-"
         print(f"{r['name']:<16} {r['s_per_iter']:>8.3f} {r['img_per_s']:>8.1f} {r['peak_bytes'] / 2**20:>9.0f} "
-              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {r['s_per_iter'] / first:>10.2f}")
+              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {pf:>8} {r['s_per_iter'] / first:>10.2f}")
     if own.json:
         with open(own.json, "w") as f:
-            json.dump({"device": name, "matmul_flops_per_s": mm, "base": rest, "results": results}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "matmul_flops_per_s": {str(k): v for k, v in rates.items()},
+                       "bf16_peak": peak, "base": rest, "results": results}, f, indent=2)
     return 0
 
 

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("speed")
     f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,
                    help="sdpa: fused scaled_dot_product_attention; math: explicit softmax(QK^T)V (the reference)")
+    f.add_argument("--tf32", type=str2bool, default=None,
+                   help="CUDA: TF32 for fp32 matmuls and cuDNN convolutions, true or false (default: torch's own, "
+                        "off for matmuls and on for convolutions)")
     f.add_argument("--amp", type=str, default="off", choices=("off", "bf16", "fp16"),
                    help="autocast dtype for the forward passes (fp16 adds a gradient scaler on CUDA)")
     f.add_argument("--channels_last", type=str2bool, default=False, help="NHWC memory format for G, D and the images")

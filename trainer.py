@@ -299,6 +299,8 @@ class Trainer:
         self.d_penalty = self.d_frozen  # the gradient penalty's D: never compiled (AOTAutograd has no double backward)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+            if getattr(args, "tf32", None) is not None:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(args.tf32)
         if getattr(args, "compile", False):
             # Only the training-mode calls are compiled; sampling and evaluation use the eager modules
             # (same parameters), so switching to eval mode never triggers a recompile.

@@ -34,8 +34,9 @@ Data loading, on its own:
 
 `--loader FOLDER` times the training loader (`data_loader.get_loader`, `--dataset folder`) over the
 folder: one batch to start the workers, then every further batch of one epoch. Printed: images per
-second in total and per worker, and milliseconds per image per core (workers x elapsed / images; the
-main process itself with 0 workers); and, unless `--full_decode`, the PSNR of the reduced-size decode
+second in total and per worker, milliseconds per image per core (workers x elapsed / images; the
+main process itself with 0 workers), the CPU time per image of the main process and its workers
+(from /proc, so other load on the machine does not inflate it); and, unless `--full_decode`, the PSNR of the reduced-size decode
 against the full one after the same crop and resize.
 
 `--save_time N` times what a stop signal costs at the end: N writes of the full checkpoint (G, D, EMA,
@@ -50,6 +51,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import resource
 import shlex
 import statistics
@@ -324,14 +326,29 @@ def loader_speed(argv: Sequence[str]) -> dict:
     workers = loader.num_workers
     it = iter(loader)
     next(it)  # starts the workers
-    t0, images = time.perf_counter(), 0
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    cpu0, t0, images = cpu_seconds(pids), time.perf_counter(), 0
     for x, _ in it:
         images += len(x)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
     del it
     rate = images / elapsed
     return {"workers": workers, "images": images, "seconds": elapsed, "img_per_s": rate,
-            "img_per_s_per_worker": rate / max(workers, 1), "ms_per_image_per_core": 1000 * max(workers, 1) / rate}
+            "img_per_s_per_worker": rate / max(workers, 1), "ms_per_image_per_core": 1000 * max(workers, 1) / rate,
+            "cpu_ms_per_image": 1000 * cpu / images}
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) of this process and of the given live processes, from /proc (Linux)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def decode_psnr(folder: Path, imsize: int, n: int = 200) -> dict:
@@ -397,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loader over {own.loader} at {args.imsize} px, {'full' if args.full_decode else 'reduced-size'} JPEG decode, "
               f"{r['workers']} workers, batch {args.batch_size}: {r['images']} images in {r['seconds']:.1f} s = "
               f"{r['img_per_s']:.0f} images/s ({r['img_per_s_per_worker']:.0f} per worker), "
-              f"{r['ms_per_image_per_core']:.2f} ms per image per core")
+              f"{r['ms_per_image_per_core']:.2f} ms per image per core (CPU time: {r['cpu_ms_per_image']:.2f} ms per image)")
         if not args.full_decode:
             q = decode_psnr(own.loader, args.imsize)
             print(f"reduced-size decode vs full decode at {args.imsize} px over {q['images']} images: median PSNR "

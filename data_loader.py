@@ -102,7 +102,7 @@ def open_rgb(src: "Path | io.BytesIO", draft: int | None = None) -> Image.Image:
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")
 
 
 class ReadableItems(Dataset):
@@ -170,8 +170,30 @@ class CenterCropLongEdge:
         return T.functional.center_crop(img, min(img.size))
 
 
-def square_transform(imsize: int) -> T.Compose:
-    return T.Compose([CenterCropLongEdge(), T.Resize(imsize), *_normalise()])
+def to_signed_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (3, H, W) float in [-1, 1] (x / 127.5 - 1, ToTensor + Normalize(0.5, 0.5) in one pass)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(127.5).sub_(1.0).contiguous()
+
+
+class SquareResize:
+    """The centre square of the short side (torchvision's centre-crop rounding), resized to imsize x imsize
+    (PIL bilinear, antialiased when shrinking), as a [-1, 1] tensor: the same values as CenterCropLongEdge,
+    T.Resize, ToTensor and Normalize(0.5, 0.5), in fewer passes."""
+
+    def __init__(self, imsize: int) -> None:
+        self.imsize = imsize
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        s = min(w, h)
+        left, top = int(round((w - s) / 2.0)), int(round((h - s) / 2.0))
+        if s != self.imsize or w != h:
+            img = img.crop((left, top, left + s, top + s)).resize((self.imsize, self.imsize), Image.BILINEAR)
+        return to_signed_tensor(img)
+
+
+def square_transform(imsize: int) -> SquareResize:
+    return SquareResize(imsize)
 
 
 # ----------------------------------------------------------------------------------------------

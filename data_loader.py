@@ -54,6 +54,7 @@ import io
 import os
 import pickle
 import signal
+import sys
 from argparse import Namespace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -261,13 +262,18 @@ class Shapes(Dataset):
 
 def list_images(root: Path) -> list[Path]:
     """Image files (by extension) under `root`, sorted; a scan longer than a few seconds reports progress."""
-    files = []
+    files, skipped = [], []
     with Progress(f"scanning {root}", None, "images") as p:
         for d, dirs, names in os.walk(root):
             dirs.sort()
             found = [Path(d) / n for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
-            files += found
-            p.update(len(found))
+            regular = [f for f in found if f.is_file()]  # a FIFO or device named *.png would block its reader
+            skipped += [f for f in found if not f.is_file() and f.exists()]
+            files += regular
+            p.update(len(regular))
+    if skipped:
+        print(f"warning: skipped {len(skipped)} image name(s) under {root} that are not regular files (a FIFO, socket or "
+              f"device), e.g. {skipped[0]}", file=sys.stderr, flush=True)
     return files
 
 
@@ -369,6 +375,40 @@ class LSUN(ReadableItems):
         return self.transform(open_rgb(io.BytesIO(buf), self.draft)), 0
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside RestrictedUnpickler.ALLOWED."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's python batches hold: dicts, lists, str, bytes, int and numpy arrays.
+    Any other global (a class or function, the way a pickle runs code) is refused before it is looked up."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: Path) -> dict:
+    """A dataset's pickle file (CIFAR-10's batches) through `RestrictedUnpickler`; anything else is one line."""
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f, encoding="latin1").load()
+    except RefusedGlobal as e:
+        raise DatasetError(f"{path} holds objects that a dataset file never holds ({e}); nothing in it was run. Delete it and "
+                           f"fetch the data again (bash download.sh cifar10)") from None
+    except Exception as e:  # noqa: BLE001 - truncated or not a pickle
+        raise DatasetError(f"{path} is damaged or not a CIFAR-10 batch ({type(e).__name__}); delete it and fetch the data "
+                           f"again (bash download.sh cifar10)") from None
+    if not isinstance(obj, dict) or "data" not in obj or "labels" not in obj:
+        raise DatasetError(f"{path} is not a CIFAR-10 batch (no data and labels); delete it and fetch the data again "
+                           f"(bash download.sh cifar10)")
+    return obj
+
+
 class CIFAR10(Dataset):
     """CIFAR-10 training set from the python pickles (`data_batch_1` .. `data_batch_5`)."""
 
@@ -378,8 +418,7 @@ class CIFAR10(Dataset):
     def __init__(self, folder: Path, imsize: int) -> None:
         data, labels = [], []
         for k in range(1, 6):
-            with open(folder / f"data_batch_{k}", "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+            batch = load_data_pickle(folder / f"data_batch_{k}")
             data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels += list(batch["labels"])
         self.images = torch.from_numpy(np.concatenate(data))  # (50000, 3, 32, 32) uint8

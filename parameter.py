@@ -185,10 +185,10 @@ PRESETS: dict[str, dict] = {
     # every query (the fork then silently averages uniformly); we refuse that layer, so D attends at 8 only.
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
     # Fashion-MNIST on 2 CPU cores, tuned for time to quality (BENCHMARKS.md, "fmnist_32"; README, "Real data")
-    "fmnist_32": dict(dataset="fashion_mnist", imsize=32, arch="resnet", num_classes=-1, g_conv_dim=16, d_conv_dim=16,
-                      global_batch=32, g_lr=4e-4, d_lr=1.6e-3, beta1=0.0, beta2=0.999, n_dis=1, channels_last=True,
-                      lr_decay=0.5, lr_decay_step=2500, ema=True, ema_decay=0.99, ema_start=2500,
-                      num_workers=0, total_step=3500, log_step=100, sample_step=500,
+    "fmnist_32": dict(dataset="fashion_mnist", imsize=32, arch="resnet", num_classes=-1, g_conv_dim=12, d_conv_dim=16,
+                      global_batch=32, g_lr=4e-4, d_lr=1.6e-3, beta1=0.0, beta2=0.999, n_dis=2, channels_last=True,
+                      lr_decay=0.5, lr_decay_step=1750, ema=True, ema_decay=0.99, ema_start=1750,
+                      num_workers=0, total_step=2500, log_step=100, sample_step=500,
                       model_save_step=500, eval_step=500,
                       eval_samples=2000, eval_metric="classifier"),
     # The README's first line

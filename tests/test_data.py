@@ -121,3 +121,42 @@ def test_max_images(tmp_path: Path) -> None:
     fakedata.celeba(tmp_path / "data", n=6)
     ds, _ = build_dataset(_args(tmp_path, "celeb", max_images=2))
     assert len(ds) == 2
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_in_one_line(tmp_path: Path) -> None:
+    import pickle
+
+    folder = fakedata.cifar10(tmp_path / "data", per_batch=3)
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_3", "wb") as f:  # a planted batch: the real structure plus a code-running object
+        pickle.dump({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 2], "x": _Payload(marker)}, f)
+    with pytest.raises(DatasetError) as e:
+        build_dataset(_args(tmp_path, "cifar10"))
+    msg = str(e.value)
+    assert "data_batch_3 holds objects that a dataset file never holds (posix.system); nothing in it was run" in msg
+    assert len(msg.splitlines()) == 1 and not marker.exists()
+    (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DatasetError, match="data_batch_3 is damaged or not a CIFAR-10 batch"):
+        build_dataset(_args(tmp_path, "cifar10"))
+
+
+def test_a_fifo_named_like_an_image_is_skipped_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    folder = tmp_path / "imgs"
+    fakedata.image_folder(folder)
+    os.mkfifo(folder / "n01440764" / "pipe.png")  # opening it would block until a writer comes
+    ds, classes = build_dataset(_args(tmp_path, "folder", data_dir=str(folder)))
+    assert classes == 3 and len(ds) == 12 and all(not str(f).endswith("pipe.png") for f in ds.files)
+    assert "skipped 1 image name(s)" in capsys.readouterr().err
+    _check(ds, 32)

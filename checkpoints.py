@@ -44,6 +44,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,11 +145,33 @@ def write_checkpoint(state: dict, folder: Path, stem: str, point_latest: bool, p
         if point_latest:
             _write_durably(folder / "latest", lambda f: f.write(path.name + "\n"), mode="w")
         _fsync_dir(folder)
-    except OSError as e:
-        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError ("file write failed")
+        if isinstance(e, RuntimeError) and not write_failed(e):
+            raise
         kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write {path}: {why}; {kept}; free space and resume with --pretrained_model latest") from e
+        raise CheckpointError(f"could not write {path}: {why_not_written(e, folder)}; {kept}; free space and resume with "
+                              f"--pretrained_model latest") from e
     return path
+
+
+def write_failed(e: BaseException) -> bool:
+    """Whether an exception is a failed file write (a full disk, a quota, an I/O error), OSError or torch's RuntimeError."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return "write failed" in text or "no space" in text or "unexpected pos" in text
+
+
+def why_not_written(e: BaseException, folder: Path) -> str:
+    """'the disk is full (12 KiB free on /mnt)' or the system's reason."""
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or isinstance(e, RuntimeError)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    if full:
+        return f"the disk is full ({free})"
+    return f"{(e.strerror if isinstance(e, OSError) else None) or e} ({free})"
 
 
 def _missing_parents(folder: Path) -> list[Path]:
@@ -216,9 +239,25 @@ def check_writable(folder: Path, flag: str) -> None:
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Remove step checkpoints beyond the newest `keep` (0 keeps all); best_* are never removed."""
-    if keep:
-        for s in step_numbers(folder)[:-keep]:
+    """Keep the `keep` most recently written step checkpoints (0 keeps all). Order is write order (the
+    files' modification times), not step number: after a resume from an earlier step, the new files are
+    the newest whatever their steps. The file `latest` names is never removed, nor are best_* files.
+    Pruning runs only after a save, so a run's own new checkpoint always exists before anything goes."""
+    if not keep:
+        return
+    pointer = folder / "latest"
+    try:
+        named = pointer.read_text().strip() if pointer.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        named = ""
+    files = []
+    for s in step_numbers(folder):
+        try:
+            files.append((os.stat(folder / f"{s}.pt").st_mtime_ns, s))
+        except FileNotFoundError:
+            continue
+    for _, s in sorted(files)[:-keep]:
+        if f"{s}.pt" != named:
             (folder / f"{s}.pt").unlink(missing_ok=True)
 
 

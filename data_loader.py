@@ -649,6 +649,25 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def close_loader(loader: DataLoader | None) -> None:
+    """Stop a loader's worker processes, whatever state they are in. Workers ignore SIGTERM (so that a stop
+    signal to the process group reaches the main process first), so torch's own shutdown, which ends
+    stragglers with SIGTERM, could wait for them forever: a worker still alive after it is SIGKILLed."""
+    it = getattr(loader, "_iterator", None)
+    if it is None:
+        return
+    workers = list(getattr(it, "_workers", []))
+    try:
+        it._shutdown_workers()
+    except Exception:  # noqa: BLE001 - a broken iterator: its workers are killed below
+        pass
+    for w in workers:
+        if w.is_alive():
+            os.kill(w.pid, signal.SIGKILL)
+        w.join(timeout=5)
+    loader._iterator = None
+
+
 MAX_AUTO_WORKERS = 16
 PREFETCH_FACTOR = 4  # batches each worker keeps ready (torch's default is 2)
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 import distributed
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
-from data_loader import DatasetError, build_dataset, build_test_split, class_folders, get_loader, workers_for
+from data_loader import DatasetError, build_dataset, build_test_split, class_folders, close_loader, get_loader, workers_for
 from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, get_parameters, split_global_batch
@@ -224,6 +224,7 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
         trainer.train()
         say(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
     finally:
+        close_loader(loader)  # every worker gone, also after an error raised in one of them
         distributed.shutdown()
     return 0
 
@@ -240,8 +241,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
     except (DatasetError, CheckpointError, EvalError, LaunchError, ValueError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 3 if getattr(e, "during_stop", False) else 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an error, on one line. An error raised in a loader worker arrives wrapped in the worker's
+    traceback ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."): its last line is
+    the message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n"))
 
 
 if __name__ == "__main__":

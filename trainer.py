@@ -47,8 +47,8 @@ from torchvision.utils import make_grid, save_image
 import distributed
 import progress
 import spectral
-from checkpoints import (CHECKPOINT_FORMAT, CheckpointError, check_same_model, checkpoint_path, load_checkpoint, prune, write_checkpoint,
-                         write_json_atomic)
+from checkpoints import (CHECKPOINT_FORMAT, CheckpointError, check_same_model, checkpoint_path, load_checkpoint, prune, why_not_written,
+                         write_checkpoint, write_json_atomic)
 from data_loader import check_bad_files
 from distributed import DistEnv
 from progress import duration
@@ -355,7 +355,15 @@ class Trainer:
         grid = make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=8, padding=2).clamp(0, 1)
         path = path or self.run["samples"] / f"{self.step}_fake.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:  # never a half-written PNG: written beside, then renamed
+            save_image(grid, tmp, format="png")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise CheckpointError(f"could not write the sample grid {path}: {why_not_written(e, path.parent)}; "
+                                  f"free space and resume with --pretrained_model latest") from e
+        finally:
+            tmp.unlink(missing_ok=True)
         return path, grid
 
     def attention_snapshot(self, writer: "SummaryWriter | None" = None) -> list[Path]:
@@ -694,12 +702,15 @@ class Trainer:
                 f"D(x) {vals['d/real']:.3f} D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration(eta)}")
         return line, vals
 
+    def due(self, every: int) -> bool:
+        """Whether this step is one of every `every` steps (0: never), or the last step."""
+        return bool(every) and (self.step % every == 0 or self.step == self.args.total_step)
+
     def eval_due(self) -> bool:
         """Whether this step has a scheduled evaluation (every --eval_step and the last step) that should
         run now: on rank 0, with an evaluator, and not after a stop signal."""
         a = self.args
-        return (self.dist.is_main and self.stop_signal is None and self.evaluator is not None and bool(a.eval_step)
-                and (self.step % a.eval_step == 0 or self.step == a.total_step))
+        return self.dist.is_main and self.stop_signal is None and self.evaluator is not None and self.due(a.eval_step)
 
     def scheduled_evaluation(self, writer: "SummaryWriter | None") -> None:
         """evaluate(), abandoned (nothing recorded) when a stop signal arrives; a resume from this step
@@ -732,52 +743,18 @@ class Trainer:
                 writer = SummaryWriter(str(self.run["logs"]), purge_step=self.step + 1 if self.step else None)
         self.G.train()
         self.D.train()
-        interactive = sys.stderr.isatty() and main
-        bar = tqdm(total=a.total_step, initial=self.step, disable=not interactive, dynamic_ncols=True)
+        bar = tqdm(total=a.total_step, initial=self.step, disable=not (sys.stderr.isatty() and main), dynamic_ncols=True)
         first = self.step + 1  # the first step of this process is logged, for its time and the ETA
-        t_last, step_last = time.perf_counter(), self.step
-        last_step_saved = self.step
-        stop = False
         with self.stop_on_signals():
             if self.step and self.step not in recorded and self.eval_due():
                 print(f"step {self.step} is an evaluation step without a record in metrics.jsonl (a stop came first): evaluating it now", flush=True)
                 self.scheduled_evaluation(writer)
             batches = self.batches()  # loader workers start inside: they inherit the handlers, then ignore the signals
-            while self.step < a.total_step and not (stop := self.stop_requested()):
-                t_step = time.perf_counter()
-                logs = self.iteration(batches)
-                self.train_seconds += time.perf_counter() - t_step  # data and optimizer steps, not sampling or evaluation
-                bar.update(1)
-                if self.step % a.log_step == 0 or self.step in (first, a.total_step):
-                    now = time.perf_counter()
-                    s_per_step = (now - t_last) / max(self.step - step_last, 1)
-                    t_last, step_last = now, self.step
-                    line, vals = self.log_line(logs, s_per_step, writer if main else None)
-                    if main:
-                        if interactive:
-                            bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
-                        else:
-                            print(line, flush=True)
-                        warning = check_bad_files(self.loader.dataset) if self.loader is not None else None
-                        if warning and warning != self.bad_warned:
-                            print(f"warning: {warning}", file=sys.stderr, flush=True)
-                            self.bad_warned = warning
-                    finite = all(np.isfinite(v) for v in vals.values()) and not self.nonfinite_weights()
-                    if distributed.any_rank(self.dist, [not finite])[0]:
-                        raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {self.resume_hint()}")
-                # After a stop signal no sample or evaluation phase starts (rank 0 alone runs them).
-                if main and self.stop_signal is None and (self.step % a.sample_step == 0 or self.step == a.total_step):
-                    _, grid = self.sample_grid()
-                    if writer:
-                        writer.add_image("samples", grid, self.step)
-                    self.attention_snapshot(writer)
-                if self.eval_due():
-                    self.scheduled_evaluation(writer)
-                if self.step % a.model_save_step == 0 or self.step == a.total_step:
-                    self.save()
-                    last_step_saved = self.step
-            if last_step_saved != self.step:  # a stop between scheduled saves: save here, still under the handlers
-                self.save()
+            try:
+                stop = self.loop(batches, writer, first, bar)
+            except CheckpointError as e:
+                e.during_stop = self.stop_signal is not None  # main.py then exits 3, as for any stop
+                raise
         bar.close()
         if writer:
             writer.close()
@@ -786,3 +763,48 @@ class Trainer:
             saved = f"saved {self.last_saved}" if self.dist.is_main else f"rank 0 saved step {self.step}"
             raise Preempted(f"{who}received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
                             f"{saved}; resume with --pretrained_model latest")
+
+    def loop(self, batches: Iterator[tuple[Tensor, Tensor]], writer: "SummaryWriter | None", first: int, bar: object) -> bool:
+        """The training steps with their logging, samples, evaluations and saves; returns whether a stop signal ended them."""
+        a, main = self.args, self.dist.is_main
+        interactive = sys.stderr.isatty() and main
+        t_last, step_last = time.perf_counter(), self.step
+        last_step_saved = self.step
+        stop = False
+        while self.step < a.total_step and not (stop := self.stop_requested()):
+            t_step = time.perf_counter()
+            logs = self.iteration(batches)
+            self.train_seconds += time.perf_counter() - t_step  # data and optimizer steps, not sampling or evaluation
+            bar.update(1)
+            if self.due(a.log_step) or self.step == first:
+                now = time.perf_counter()
+                s_per_step = (now - t_last) / max(self.step - step_last, 1)
+                t_last, step_last = now, self.step
+                line, vals = self.log_line(logs, s_per_step, writer if main else None)
+                if main:
+                    if interactive:
+                        bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
+                    else:
+                        print(line, flush=True)
+                    warning = check_bad_files(self.loader.dataset) if self.loader is not None else None
+                    if warning and warning != self.bad_warned:
+                        print(f"warning: {warning}", file=sys.stderr, flush=True)
+                        self.bad_warned = warning
+                finite = all(np.isfinite(v) for v in vals.values()) and not self.nonfinite_weights()
+                if distributed.any_rank(self.dist, [not finite])[0]:
+                    raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {self.resume_hint()}")
+            # After a stop signal no sample or evaluation phase starts (rank 0 alone runs them).
+            if main and self.stop_signal is None and self.due(a.sample_step):
+                _, grid = self.sample_grid()
+                if writer:
+                    writer.add_image("samples", grid, self.step)
+                self.attention_snapshot(writer)
+            if self.eval_due():
+                self.scheduled_evaluation(writer)
+            if self.due(a.model_save_step):
+                self.save()
+                last_step_saved = self.step
+        if last_step_saved != self.step:  # a stop between scheduled saves: save here, still under the handlers
+            self.save()
+        return stop
+

@@ -3,6 +3,7 @@ signals during a save, no new phase after a signal, progress lines, and bad inpu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -377,3 +378,29 @@ def test_resuming_an_ema_run_without_ema_is_refused(workdir: Path, capsys: pytes
     err = _one_line_error(BASE + ["--version", "e", "--total_step", "3", "--pretrained_model", "latest"], capsys)
     assert "holds an EMA generator, which resuming without --ema would drop; pass --ema true" in err
     assert main(BASE + ["--num_workers", "0", "--version", "e", "--total_step", "3", "--pretrained_model", "latest", "--ema", "true"]) == 0
+
+
+@pytest.mark.slow
+def test_an_error_in_a_loader_worker_ends_the_run_in_one_line_with_every_worker_gone(workdir: Path) -> None:
+    """Every image has a readable header but undecodable data: the workers raise; the run must exit 2 with one
+    line, not hang on workers that ignore SIGTERM."""
+    folder = workdir / "broken"
+    folder.mkdir()
+    good = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(good, format="PNG")
+    for i in range(16):
+        (folder / f"{i}.png").write_bytes(good.getvalue()[:60])  # header and size survive, the pixels do not
+    cmd = [sys.executable, str(ROOT / "main.py"), "--dataset", "folder", "--data_dir", str(folder), "--imsize", "32",
+           "--g_conv_dim", "8", "--d_conv_dim", "8", "--batch_size", "4", "--num_workers", "2", "--device", "cpu",
+           "--attn_samples", "0", "--use_tensorboard", "false", "--total_step", "5", "--version", "w"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: none of the 16 images could be decoded"), err[-2000:]
+    time.sleep(0.5)
+    assert _group_alive(proc.pid) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shlex
@@ -11,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import trainer as trainer_module
 from data_loader import build_dataset, open_rgb
 from main import main
@@ -138,25 +139,76 @@ def test_nan_in_discriminator_stops_training_without_a_nan_checkpoint(workdir: P
         assert all(torch.isfinite(v).all() for v in load_checkpoint(workdir / "models/nan" / name)["D"].values() if v.is_floating_point())
 
 
-def test_full_disk_keeps_the_previous_checkpoint(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    real_save = torch.save
-    calls = {"n": 0}
+@pytest.fixture()
+def small_disk(workdir: Path) -> Iterator[Callable[[int], Path]]:
+    """mount(size_bytes) -> a fresh tmpfs of that size (a real full filesystem; needs root, as the tests run)."""
+    mounts: list[Path] = []
 
-    def save_then_fail(obj: object, f: object) -> None:
-        calls["n"] += 1
-        if calls["n"] >= 2:
-            f.write(b"partial")  # type: ignore[attr-defined]
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, f)
+    def mount(size: int) -> Path:
+        point = workdir / f"disk{len(mounts)}"
+        point.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(point)
+        return point
 
-    monkeypatch.setattr(trainer_module.torch, "save", save_then_fail)
-    assert main(BASE + ["--version", "disk", "--total_step", "4", "--model_save_step", "2"]) == 2
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(workdir: Path, small_disk: Callable[[int], Path],
+                                                                           capsys: pytest.CaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(BASE + ["--version", "size", "--total_step", "2", "--model_save_step", "2"]) == 0
+    size = (workdir / "models/size/2.pt").stat().st_size
+    disk = small_disk(int(size * 1.6) + 64 * 1024)  # room for one checkpoint, not two
+    flags = BASE + ["--version", "d", "--model_save_path", str(disk), "--model_save_step", "2"]
+    capsys.readouterr()
+    assert main(flags + ["--total_step", "4"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: could not write models/disk/4.pt: the disk is full; the previous checkpoint models/disk/2.pt is kept")
-    monkeypatch.setattr(trainer_module.torch, "save", real_save)
-    folder = workdir / "models/disk"
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "2.pt", "latest", "training_options.json"]  # no temporary file left
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: could not write {disk}/d/4.pt: the disk is full (") and "MiB free)" in err
+    assert f"the previous checkpoint {disk}/d/2.pt is kept" in err
+    folder = disk / "d"
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "2.pt", "latest", "training_options.json"]  # nothing half-written
     assert load_checkpoint(folder / "2.pt")["step"] == 2 and (folder / "latest").read_text().strip() == "2.pt"
+    # a stop signal in progress when the disk is full: the same line, exit 3
+    real = Trainer.iteration
+
+    def signalled(self: Trainer, batches: object) -> dict:
+        out = real(self, batches)
+        if self.step == 3:
+            self.stop_signal = "SIGTERM"
+        return out
+
+    monkeypatch.setattr(Trainer, "iteration", signalled)
+    assert main(flags + ["--total_step", "10", "--pretrained_model", "latest"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: could not write {disk}/d/3.pt: the disk is full ("), err
+    monkeypatch.setattr(Trainer, "iteration", real)
+    # the sample grid on a full disk: one line too, and no partial PNG
+    samples = small_disk(64 * 1024)
+    (samples / "filler").write_bytes(b"\0" * (64 * 1024 - 4096))
+    assert main(BASE + ["--version", "g", "--total_step", "2", "--sample_step", "1", "--sample_path", str(samples)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: could not write the sample grid {samples}/g/1_fake.png: the disk is full")
+    assert not list((samples / "g").glob("*.png*")) and not list((samples / "g").glob(".*tmp"))
+
+
+def test_keep_last_prunes_by_write_order_and_keeps_what_latest_names(workdir: Path) -> None:
+    flags = BASE + ["--version", "k", "--model_save_step", "1"]
+    assert main(flags + ["--total_step", "3"]) == 0  # 1.pt 2.pt 3.pt
+    assert main(flags + ["--total_step", "3", "--pretrained_model", "1", "--keep_last", "1"]) == 0  # from step 1: new 2.pt, 3.pt
+    folder = workdir / "models/k"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["3.pt"] and (folder / "latest").read_text().strip() == "3.pt"
+    assert load_checkpoint(folder / "3.pt")["step"] == 3
+    # resumed from an earlier step with room for one: the new file stays, however the step numbers sort
+    assert main(flags + ["--total_step", "6", "--pretrained_model", "latest"]) == 0
+    os.utime(folder / "6.pt", ns=(1, 1))  # 6.pt now looks oldest by write order, but latest names it
+    checkpoints.prune(folder, 1)
+    assert (folder / "6.pt").is_file()
 
 
 def test_keep_last_never_removes_best(workdir: Path) -> None:

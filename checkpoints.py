@@ -314,6 +314,9 @@ def load_checkpoint(path: Path) -> dict:
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by this code (format {CHECKPOINT_FORMAT}); "
                               f"a StudioGAN, MMGeneration/mmagic or heykeetae file is converted with convert.py")
+    missing = [k for k in ("step", "model_config", "G", "D") if not isinstance(ckpt.get(k), (dict, int)) or isinstance(ckpt.get(k), bool)]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: it has no {', '.join(missing)}; it was edited or cut short, pick another checkpoint")
     return ckpt
 
 
@@ -817,6 +820,16 @@ def _config_text(meta: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
+def source_is_bgr(config: str, name: str) -> bool:
+    """Whether an MMGeneration/mmagic file's G outputs (and D reads) BGR: its config text decides when it
+    names `rgb_to_bgr` (True: a StudioGAN-converted, RGB model); else the file name ('convert-studio-rgb'
+    files are RGB); else BGR, as MMGeneration's own runs were trained."""
+    said = re.search(r"rgb_to_bgr\s*=\s*(True|False)", config or "")
+    if said:
+        return said.group(1) == "False"
+    return "convert-studio-rgb" not in name
+
+
 def _read_mmgen(loaded: dict[Path, Any]) -> Foreign:
     if len(loaded) != 1:
         raise CheckpointError("an MMGeneration/mmagic checkpoint is one file holding G, D (and the EMA G); give just that file")
@@ -838,7 +851,7 @@ def _read_mmgen(loaded: dict[Path, Any]) -> Foreign:
         raise CheckpointError(f"{path}: keys outside generator./discriminator./{ema_prefix}: {', '.join(unknown[:6])}")
     meta = obj.get("meta", {})
     text = _config_text(meta)
-    bgr = not ("convert-studio-rgb" in path.name or re.search(r"rgb_to_bgr\s*=\s*True", text))
+    bgr = source_is_bgr(text, path.name)
     opt = obj.get("optimizer") if isinstance(obj.get("optimizer"), dict) else {}
     ema_decay = start = None
     notes = []

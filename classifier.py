@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from metrics import (EvalError, _private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
                      save_atomic, to_uint8)
-from progress import track
+from progress import check_abort, track
 
 SEED = 0  # the tuning classifier's own seed, the same for every run it scores
 VERSION = 2  # bump when the tuning architecture or recipe changes: old caches are then never reused
@@ -187,6 +187,7 @@ def predict(net: nn.Module, images: Tensor, batch_size: int = 1000) -> tuple[Ten
     device = next(net.parameters()).device
     logits, feats = [], []
     for i in range(0, len(images), batch_size):
+        check_abort(f"classifier predictions for {len(images):,} images")
         f = net.features(as_input(images[i:i + batch_size]).to(device))
         feats.append(f.cpu())
         logits.append(net.head(f).cpu())

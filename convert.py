@@ -78,6 +78,19 @@ def num_classes_of(src: Foreign) -> int:
     return 0
 
 
+def relu_inplace(config: str, name: str) -> bool | None:
+    """Whether an MMGeneration file's D uses in-place ReLU: its config text decides when it names the
+    ReLU's inplace; else the file name (wReLUinplace / woReLUinplace); None when neither says."""
+    said = re.findall(r"inplace\s*=\s*(True|False)", config or "")
+    if said:
+        return "True" in said
+    if "woReLUinplace" in name:
+        return False
+    if "wReLUinplace" in name:
+        return True
+    return None
+
+
 def flag_problems(src: Foreign, args: Namespace) -> list[str]:
     """Settings of the reference that change the model's function and that the flags contradict."""
     out = []
@@ -88,8 +101,12 @@ def flag_problems(src: Foreign, args: Namespace) -> list[str]:
             out.append(f"StudioGAN's batch norm uses eps 1e-4, the flags give {args.bn_eps:g}: add --bn_eps 1e-4")
     if src.format == "mmgen":
         text = src.config
-        if text and re.search(r"inplace\s*=\s*True", text) and not args.d_relu_shortcut:
-            out.append("the file's config uses in-place ReLU (the 'wReLUinplace' rows): add --d_relu_shortcut true")
+        inplace = relu_inplace(text, Path(src.files["G+D"]).name)
+        if inplace is True and not args.d_relu_shortcut:
+            out.append("the file's D uses in-place ReLU (the 'wReLUinplace' rows): add --d_relu_shortcut true")
+        if inplace is False and args.d_relu_shortcut:
+            out.append("the file's D uses ReLU without in-place (the 'woReLUinplace' rows), so its shortcut input is not "
+                       "rectified: pass --d_relu_shortcut false")
         m = re.search(r"norm_eps\s*=\s*([0-9.eE+-]+)", text)
         want = float(m.group(1)) if m else 1e-4
         if text and args.bn_eps != want:
@@ -167,6 +184,9 @@ def convert(argv: Sequence[str]) -> Path:
             why = "the source has none" if src.opt_g is None and src.opt_d is None else "the source's do not map exactly"
             notes.append(f"Adam states of {' and '.join(fresh)} start fresh ({why})")
         iteration = src.iteration or 0
+        if iteration < 0:
+            raise CheckpointError(f"the source says its step is {iteration}; a step cannot be negative, so the file is damaged "
+                                  f"or edited: use another one")
         trainer.step = iteration // args.n_dis if src.format == "mmgen" else iteration
         trainer.source = {
             "format": src.format,

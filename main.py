@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -28,7 +29,7 @@ from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, re
 from parameter import TUNED_WITH, get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
 from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers, write_json_atomic
-from trainer import Preempted, Trainer, class_rows, model_config, resolve_device
+from trainer import Preempted, StopRecorder, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
 KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000, "fashion_mnist": 10}
@@ -190,22 +191,34 @@ def train(args: Namespace) -> int:
     split_global_batch(args, env.world)  # a preset's global batch, over the processes
     folders = Trainer.run_folders(args)
     if not env.is_main:
-        return train_in(args, env, device, say)
+        with StopRecorder() as stops:
+            return train_in(args, env, device, say, stops)
     for key, flag in (("models", "--model_save_path"), ("samples", "--sample_path"), ("logs", "--log_path"), ("attn", "--attn_path")):
         check_writable(folders[key], flag)
-    with RunLock(folders["models"]):  # one training run per --version at a time
-        return train_in(args, env, device, say)
+    with RunLock(folders["models"]), StopRecorder() as stops:  # one run per --version; signals recorded from here on
+        return train_in(args, env, device, say, stops)
 
 
-def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, say: Callable[..., None]) -> int:
-    """Build the data, the evaluator and the trainer, resume if asked, and train."""
+def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, say: Callable[..., None],
+             stops: StopRecorder) -> int:
+    """Build the data, the evaluator and the trainer, resume if asked, and train. A stop signal during the
+    building ends the run before its first step (exit 3), with nothing new to save."""
+
+    def stop_before_training(phase: str) -> None:
+        if stops.signal:
+            raise Preempted(f"received {stops.signal} while {phase}, before the first step: nothing new to save; "
+                            f"run the same command again to start")
+
     dataset, classes = build_dataset(args)
+    stop_before_training("reading the data")
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(args, dataset, device, env.rank, env.world)
     evaluator = build_evaluator(args, device, dataset) if args.eval_step and env.is_main else None
+    stop_before_training("building the evaluator")
     distributed.init(env, device)
     try:
         trainer = Trainer(args, cfg, loader, evaluator, env)
+        trainer.stop_signal = stops.signal
         fresh = args.pretrained_model == "latest" and not step_numbers(trainer.run["models"])
         if fresh:  # one command line for the first submission and every requeue (README, "Preemption")
             say(f"--pretrained_model latest: no checkpoint in {trainer.run['models']} yet; starting at step 0", flush=True)
@@ -240,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        folder = Path(args.model_save_path) / args.version
+        print(f"stopped at once by a second interrupt; the last complete checkpoint in {folder} is intact (resume with "
+              f"--pretrained_model latest)", file=sys.stderr)
+        return 3
     except (DatasetError, CheckpointError, EvalError, LaunchError, ValueError, FloatingPointError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 3 if getattr(e, "during_stop", False) else 2
@@ -257,4 +275,7 @@ def one_line(e: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the run is over: a late signal no longer changes the exit code
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)

@@ -51,7 +51,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from progress import Progress, duration, track
+from progress import Progress, check_abort, duration, track
 from sagan_models import eval_mode
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -181,6 +181,7 @@ def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: 
     z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed)
     with eval_mode(G):
         for i in range(0, n, batch_size):
+            check_abort(f"sampling {n:,} images")  # a stop signal abandons an evaluation at the next batch
             zb = z[i:i + batch_size].to(device)
             yb = y[i:i + batch_size].to(device) if y is not None else None
             yield to_uint8(G(zb, yb)).cpu(), (yb.cpu() if yb is not None else None)

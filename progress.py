@@ -38,6 +38,13 @@ def abortable(check: Callable[[], bool]) -> Iterator[None]:
         _abort = old
 
 
+def check_abort(what: str) -> None:
+    """For loops without a progress display (sampling, prediction): raise Interrupted inside `abortable`
+    once its check is true."""
+    if _abort is not None and _abort():
+        raise Interrupted(what)
+
+
 def interval() -> float:
     try:
         return max(0.0, float(os.environ.get("SAGAN_PROGRESS_SECONDS", "30")))

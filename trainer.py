@@ -179,6 +179,35 @@ class Preempted(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved (main.py exits with 3)."""
 
 
+class StopRecorder:
+    """SIGTERM/SIGINT handlers for the whole life of a training run, from the lock to the exit: a signal is
+    recorded (`signal`), never acted on at a random point; the Trainer installs its own handlers for the
+    loop and reads what arrived before. A second SIGINT stops at once (KeyboardInterrupt, which main.py
+    turns into one line and exit 3). Used as a context manager; the previous handlers come back after."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.old: dict[int, object] = {}
+
+    def handler(self, signum: int, frame: object) -> None:
+        again = self.signal is not None
+        self.signal = self.signal or signal.Signals(signum).name
+        if again and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopRecorder":
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self.handler)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
 # Saves of checkpoints at least this large are announced, with the time they took (README, "Preemption").
 REPORT_SAVE_BYTES = 100 * 2**20
 
@@ -256,7 +285,7 @@ class Trainer:
         self.last_saved: Path | None = None
         self.source: dict | None = None  # a converted checkpoint's origin (convert.py), carried into every save
         self.train_seconds = 0.0  # time in training iterations since this process started training
-        self.stop_signal: str | None = None
+        self.stop_signal: str | None = None  # set by the handlers (or taken from a StopRecorder by main.py)
         self.saving = False  # a checkpoint is being written: a second SIGINT waits for it
         self.bad_warned: str | None = None
         self.run = self.run_folders(args)
@@ -456,12 +485,22 @@ class Trainer:
         return (f"The last good checkpoint is {self.last_saved}; resume from it with --pretrained_model {self.last_saved.stem} "
                 f"and a lower --d_lr/--g_lr, --amp off, or another --seed.")
 
+    @staticmethod
+    def load_part(path: Path, name: str, model: nn.Module, state: dict) -> None:
+        """model.load_state_dict(state), with a mismatch as one CheckpointError line."""
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: its {name} weights do not fit the model its own config describes "
+                                  f"({str(e).splitlines()[0].rstrip(':')}); the file is inconsistent (edited, or G and D "
+                                  f"swapped): pick another checkpoint") from None
+
     def load(self, which: str, restore_training: bool = True) -> Path:
         path = checkpoint_path(self.run["models"], which)
         ckpt = load_checkpoint(path)
         check_same_model(ckpt["model_config"], self.cfg, path)
-        self.G.load_state_dict(ckpt["G"])
-        self.D.load_state_dict(ckpt["D"])
+        self.load_part(path, "G", self.G, ckpt["G"])
+        self.load_part(path, "D", self.D, ckpt["D"])
         self.step = int(ckpt["step"])
         self.source = ckpt.get("source")
         if ckpt.get("G_ema") is not None and self.ema is None and restore_training:
@@ -471,7 +510,7 @@ class Trainer:
             if self.ema is None:  # sampling or scoring: use the saved EMA generator
                 saved = ckpt.get("args", {})
                 self.ema = EMA(self.G, saved.get("ema_decay", 0.9999), saved.get("ema_start", 0))
-            self.ema.model.load_state_dict(ckpt["G_ema"])
+            self.load_part(path, "G_ema", self.ema.model, ckpt["G_ema"])
         elif self.ema is not None:
             self.ema.model.load_state_dict(self.G.state_dict())  # --ema added on resume: start from G
         if restore_training:
@@ -760,7 +799,12 @@ class Trainer:
             writer.close()
         if stop:
             who = f"rank {self.dist.rank} of {self.dist.world}: " if self.dist.enabled else ""
-            saved = f"saved {self.last_saved}" if self.dist.is_main else f"rank 0 saved step {self.step}"
+            if not self.dist.is_main:
+                saved = f"rank 0 saved step {self.step}"
+            elif self.last_saved is not None and self.last_saved.stem == str(self.step):
+                saved = f"saved {self.last_saved}"
+            else:
+                saved = "no step was trained, nothing new to save"
             raise Preempted(f"{who}received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
                             f"{saved}; resume with --pretrained_model latest")
 

@@ -341,3 +341,41 @@ def test_checkpoint_module_errors_are_one_line(tmp_path: Path) -> None:
         checkpoints.load_foreign(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="is a folder"):
         checkpoints.load_foreign(tmp_path)
+
+
+def test_config_text_decides_the_channel_order_and_the_relu_before_the_file_name() -> None:
+    assert checkpoints.source_is_bgr("", "sagan_cifar10.pth") is True
+    assert checkpoints.source_is_bgr("", "sagan_convert-studio-rgb.pth") is False
+    assert checkpoints.source_is_bgr("generator=dict(rgb_to_bgr=False)", "sagan_convert-studio-rgb.pth") is True
+    assert checkpoints.source_is_bgr("generator=dict(rgb_to_bgr=True)", "sagan_cifar10.pth") is False
+    assert convert.relu_inplace("", "sagan_woReLUinplace_x.pth") is False
+    assert convert.relu_inplace("", "sagan_wReLUinplace_x.pth") is True
+    assert convert.relu_inplace("act_cfg=dict(type='ReLU', inplace=False)", "sagan_wReLUinplace_x.pth") is False
+    assert convert.relu_inplace("", "iter_10.pth") is None
+
+
+@pytest.mark.parametrize("name, flags, message", [
+    ("sagan_woReLUinplace_tiny.pth", ["--d_relu_shortcut", "true"], "uses ReLU without in-place (the 'woReLUinplace' rows)"),
+    ("sagan_wReLUinplace_tiny.pth", [], "uses in-place ReLU (the 'wReLUinplace' rows): add --d_relu_shortcut true"),
+])
+def test_a_relu_mismatch_either_way_is_refused(name: str, flags: list[str], message: str, workdir: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    src = workdir / name
+    src.write_bytes((DATA / "mmagic_cifar10_sagan_tiny" / "iter_10.pth").read_bytes())
+    assert convert.main([str(src), "--version", "v", *MM_CIFAR, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not Path("models/v").exists()
+
+
+def test_a_negative_step_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = workdir / "neg"
+    bad.mkdir()
+    for f in (DATA / "studiogan_cifar10_sagan_tiny").glob("model=*.pth"):
+        obj = torch.load(f, weights_only=False)  # our own fixture: trusted
+        obj["step"] = -7
+        torch.save(obj, bad / f.name)
+    assert convert.main([str(bad), "--version", "v", *SG_CIFAR]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a step cannot be negative" in err, err
+    assert not Path("models/v").exists() and not list(workdir.glob("models/v/*.pt"))

@@ -21,7 +21,7 @@ from PIL import Image
 import checkpoints
 import metrics
 import trainer as trainer_module
-from checkpoints import RunLock, load_checkpoint
+from checkpoints import RunLock, checkpoint_path, load_checkpoint
 from main import main
 import fakedata
 from test_reliability import _flat_state
@@ -404,3 +404,66 @@ def test_an_error_in_a_loader_worker_ends_the_run_in_one_line_with_every_worker_
     assert len(lines) == 1 and lines[0].startswith("error: none of the 16 images could be decoded"), err[-2000:]
     time.sleep(0.5)
     assert _group_alive(proc.pid) == []
+
+
+def _spawn(workdir: Path, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *argv], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return err
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_evaluator_is_built_exits_3_with_one_line(workdir: Path) -> None:
+    from test_fmnist import fake_fmnist
+
+    fake_fmnist(workdir / "fm", n_train=1500, n_test=200)
+    argv = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "4", "--eval_step", "2",
+            "--eval_samples", "20", "--batch_size", "8", "--attn_samples", "0", "--device", "cpu", "--use_tensorboard", "false",
+            "--eval_cache_dir", str(workdir / "cache"), "--version", "early"]
+    proc = _spawn(workdir, argv)
+    for line in proc.stderr:  # the classifiers are being trained: the run holds its lock, and no step has run
+        if "classifier metric: training" in line:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = _finish(proc)
+    assert proc.returncode == 3, err[-2000:]
+    stopped = [ln for ln in err.splitlines() if ln.startswith("stopped:")]
+    assert len(stopped) == 1 and "received SIGTERM while building the evaluator, before the first step" in stopped[0], err
+    assert "Traceback" not in err and not list((workdir / "models/early").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_a_storm_of_sigterms_while_saving_every_step_exits_3_once(workdir: Path) -> None:
+    proc = _spawn(workdir, BASE + ["--num_workers", "0", "--model_save_step", "1", "--total_step", "100000", "--version", "storm"])
+    _wait_for_line(proc, "step 3/")
+    for _ in range(30):
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.01)
+    err = _finish(proc)
+    assert proc.returncode == 3, err[-2000:]
+    assert len([ln for ln in err.splitlines() if ln.startswith("stopped:")]) == 1 and "Traceback" not in err, err
+    folder = workdir / "models/storm"
+    assert load_checkpoint(checkpoint_path(folder, "latest"))["step"] >= 3
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir: Path) -> None:
+    proc = _spawn(workdir, BASE + ["--num_workers", "0", "--model_save_step", "2", "--total_step", "100000", "--version", "cc"])
+    _wait_for_line(proc, "step 3/")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    err = _finish(proc)
+    assert proc.returncode == 3, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped") and ("stopped at once by a second interrupt" in last or "received SIGINT" in last), err
+    folder = workdir / "models/cc"
+    assert load_checkpoint(checkpoint_path(folder, "latest"))["step"] >= 2  # the last complete checkpoint is intact

@@ -325,3 +325,24 @@ def test_impossible_settings_are_one_line(workdir: Path, argv: list[str], needle
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert needle in lines[-1] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_inconsistent_checkpoints_are_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(BASE + ["--version", "i", "--total_step", "2", "--model_save_step", "2"]) == 0
+    folder = workdir / "models/i"
+    good = torch.load(folder / "2.pt", weights_only=True)
+    resume = BASE + ["--version", "i", "--total_step", "3", "--pretrained_model", "latest"]
+    cases = {
+        "swapped": ({**good, "G": good["D"], "D": good["G"]}, "its G weights do not fit the model its own config describes"),
+        "no config": ({k: v for k, v in good.items() if k != "model_config"}, "is incomplete: it has no model_config"),
+    }
+    for name, (state, needle) in cases.items():
+        torch.save(state, folder / "2.pt")
+        capsys.readouterr()
+        assert main(resume) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (name, err)
+    (folder / "2.pt").write_bytes(b"")  # a zero-byte latest checkpoint
+    capsys.readouterr()
+    assert main(resume) == 2
+    assert "is empty (0 bytes)" in capsys.readouterr().err

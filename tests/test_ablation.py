@@ -21,13 +21,13 @@ TINY = shlex.split("--g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 8")
 def test_variants_resolve_and_residual_controls_match_attention_parameters(capsys: pytest.CaptureFixture) -> None:
     counts = {name: ablation.variant_counts(flags) for name, flags in ablation.FMNIST_VARIANTS}
     for name, flags in ablation.FMNIST_VARIANTS:
-        cfg = model_config(get_parameters(["--preset", "fmnist_32", *shlex.split(flags)]), 10)
+        cfg = model_config(get_parameters(["--preset", "fmnist_32", *ablation.FMNIST_BASE, *shlex.split(flags)]), 10)
         assert cfg.imsize == 32 and cfg.num_classes == 10
     for place in ("8", "16", "32 (G; D at 16)"):
         att, res = sum(counts[f"attention {place}" + (" (SAGAN)" if place == "16" else "")]), sum(counts[f"residual {place}"])
         assert abs(res - att) <= 0.05 * att, (place, att, res)
     assert sum(counts["no attention"]) < sum(counts["attention 16 (SAGAN)"])
-    assert counts["attention 16 (SAGAN)"] == (380_804, 68_450)  # the fmnist_32 preset itself
+    assert counts["attention 16 (SAGAN)"] == (380_804, 68_450)  # the ablation's base: fmnist_32's first version
     assert {k for k in counts if k.startswith(("attention", "residual"))} >= {"attention 8", "residual 8", "residual 16"}
     names = {n for n, _ in ablation.FMNIST_VARIANTS}
     assert {"no SN on G", "equal rates 4e-4", "equal rates 1.6e-3, n_dis 5", "no attention"} <= names

@@ -201,7 +201,10 @@ def convert(argv: Sequence[str]) -> Path:
     print(f"converted {src.format} ({what}) -> {path} (step {trainer.step}); latest -> {path.name}")
     flags = " ".join(rest)
     print(f"sample and look inside: python main.py --train false {flags}")
-    print(f"fine-tune: python main.py {flags} --pretrained_model latest --total_step {trainer.step + 1000}")
+    keep_ema = ""
+    if trainer.ema is not None and "ema" not in given:  # resuming without --ema is refused: it would drop the EMA G
+        keep_ema = f" --ema true --ema_decay {trainer.ema.decay:g} --ema_start 0"
+    print(f"fine-tune: python main.py {flags}{keep_ema} --pretrained_model latest --total_step {trainer.step + 1000}")
     return path
 
 

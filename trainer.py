@@ -527,8 +527,8 @@ class Trainer:
             ranks = ckpt.get("rng_ranks") or []
             if len(ranks) == self.dist.world:
                 exact = set_rng_state(ranks[self.dist.rank], self.device)
-            elif self.dist.is_main:
-                exact = set_rng_state(ckpt["rng"], self.device) and len(ranks) <= 1
+            elif self.dist.is_main:  # saved by another number of processes: the other ranks' streams start afresh
+                exact = set_rng_state(ckpt["rng"], self.device) and not ranks and self.dist.world == 1
             else:
                 self.seed_rank()
                 exact = False

@@ -81,9 +81,11 @@ def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_pa
     assert "2 steps, seeds [0, 1], 20 samples per evaluation" in table
     for name in ("attention 16 (SAGAN)", "residual 16"):
         row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
-        assert row.count("±") == 6 and row.split("|")[-3].strip() == "2", row  # 3 metrics x (end, best), 2 seeds
+        # 5 figures at the end, 4 at the best step (chosen by class accuracy, reported with the others); 2 seeds
+        assert row.count("±") == 9 and row.split("|")[-3].strip() == "2", row
     assert "larger than the sum of the two standard deviations" in table and "Compute: 4 finished runs" in table
-    assert len(list((tmp_path / "abl/cache/classifier").glob("*.pt"))) == 1  # every seed is scored by one classifier
+    assert len(list((tmp_path / "abl/cache/classifier").glob("*.pt"))) == 2  # every seed is scored by the same two classifiers
+    assert "the best step is each seed's highest class accuracy (tuning classifier), reported with the other figures" in table
     results = json.loads((tmp_path / "abl/results.json").read_text())
     assert [r["seeds_done"] for r in results["rows"]] == [[0, 1], [0, 1]]
     assert all(0 <= r["cls_acc_end"][0] <= 1 and r["G_params"] > 0 for r in results["rows"])

@@ -324,7 +324,7 @@ def test_convert_then_sample_then_fine_tune(workdir: Path) -> None:
         assert (workdir / "samples/ft" / name).is_file()
     assert list((workdir / "attn/ft").glob("2_attn*.png"))
     r = main("--pretrained_model", "latest", "--total_step", "4", "--batch_size", "4", "--log_step", "1",
-             "--sample_step", "2", "--model_save_step", "2", "--attn_samples", "0")
+             "--sample_step", "2", "--model_save_step", "2", "--attn_samples", "0", "--ema", "true", "--ema_start", "0")
     assert r.returncode == 0, r.stderr
     assert "resumed from models/ft/2.pt at step 2" in r.stdout and "step 4/4" in r.stdout
     ckpt = load_checkpoint(workdir / "models/ft/4.pt")
@@ -379,3 +379,14 @@ def test_a_negative_step_is_refused(workdir: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "a step cannot be negative" in err, err
     assert not Path("models/v").exists() and not list(workdir.glob("models/v/*.pt"))
+
+
+def test_an_empty_source_file_is_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = workdir / "empty"
+    empty.mkdir()
+    for name in ("model=G-best-weights-step=2.pth", "model=D-best-weights-step=2.pth"):
+        (empty / name).write_bytes(b"")
+    assert convert.main([str(empty), "--version", "v", *SG_CIFAR]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is empty (0 bytes)" in err, err
+    assert not Path("models/v").exists()

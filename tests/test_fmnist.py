@@ -218,3 +218,24 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
         assert text in out
     with Image.open(workdir / "samples/fm/2_vs_real.png") as fig:  # 10 class lines of 64 px under a 24 px header
         assert fig.height == 24 + 10 * 64 and fig.width == 110 + 16 * 64 + 32
+
+
+def test_a_stop_abandons_a_classifier_evaluation_at_its_first_batch(tmp_path: Path) -> None:
+    import time
+
+    import progress
+
+    fake_fmnist(tmp_path / "fm", n_train=600, n_test=100)
+    a = args_for(tmp_path / "fm")
+    train, test = build_dataset(a)[0], build_test_split(a)
+    ev = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0, batch_size=10)
+    calls = {"n": 0}
+
+    def stop_after_two_checks() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    t0 = time.perf_counter()
+    with pytest.raises(progress.Interrupted, match="sampling 5,000 images"), progress.abortable(stop_after_two_checks):
+        ev(RealImagesG(train, 10), 5000)
+    assert calls["n"] == 3 and time.perf_counter() - t0 < 5  # the third batch never ran, and no GAN-train classifier

@@ -100,7 +100,8 @@ def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest
     assert bench.main(base + ["--batch_size", "2", "--iters", "2", "--warmup", "1", "--json", str(out),
                               "--compare", "math:--attn_backend math|fused:--attn_backend sdpa --channels_last true"]) == 0
     text = capsys.readouterr().out
-    assert "GFLOP per iteration (counted)" in text and "math" in text and "fused" in text and "time ratio" in text
+    assert "model FLOPs per iteration are counted per variant" in text and "dense float32 matmul" in text
+    assert "math" in text and "fused" in text and "time ratio" in text and "of matmul" in text
     res = json.loads(out.read_text())
     assert [r["name"] for r in res["results"]] == ["math", "fused"]
     for r in res["results"]:

@@ -7,7 +7,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread per pytest-xdist worker (the suite runs with -n 2 on 2 cores); two without xdist.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)

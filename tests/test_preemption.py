@@ -51,7 +51,8 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(wor
     the main process finishes its step, saves and exits 3; resuming matches an uninterrupted run bit for bit."""
     argv = BASE + ["--num_workers", "2", "--model_save_step", "1000"]
     cmd = [sys.executable, str(ROOT / "main.py"), *argv, "--version", "pg", "--total_step", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same threads as the runs compared in-process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     _wait_for_line(proc, "step 3/")
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

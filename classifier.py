@@ -343,8 +343,8 @@ class ClassifierEvaluator:
         """GAN-test accuracy, FD and precision/recall of uint8 images x with labels y in the independent
         classifier's features against the real test images: overall and per class."""
         logits, feats = predict(self.ind, x)
-        out = {"ind_acc": (logits.argmax(1) == y).float().mean().item(),
-               "ind_acc_per_class": per_class(logits.argmax(1) == y, y, self.num_classes),
+        hit = logits.argmax(1) == y
+        out = {"ind_acc": hit.float().mean().item(), "ind_acc_per_class": per_class(hit, y, self.num_classes),
                "ind_fd": frechet(feats, self.test_feats)}
         out["ind_precision"], out["ind_recall"] = precision_recall(self.test_feats, feats, real_radii=self.test_radii)
         fd, prec, rec = [], [], []

@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Sequence
 
 import checkpoints
-from checkpoints import CheckpointError, Foreign
+import legacy
+from checkpoints import CheckpointError
+from durable import write_json
+from legacy import Foreign
 from metrics import file_sha256
 from parameter import explicit_flags, get_parameters
 
@@ -41,7 +44,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Convert a StudioGAN, MMGeneration/mmagic or heykeetae checkpoint into this code's format. "
                     "Every other flag is main.py's (--preset, --version, model flags).", add_help=True)
-    p.add_argument("--from", dest="fmt", choices=checkpoints.FORMATS, default=None,
+    p.add_argument("--from", dest="fmt", choices=legacy.FORMATS, default=None,
                    help="the source format (default: detected from the files' structure)")
     p.add_argument("--channel_order", choices=("auto", "bgr", "rgb"), default="auto",
                    help="MMGeneration/mmagic: the order the source's G outputs and D reads (auto: BGR unless a "
@@ -127,7 +130,7 @@ def convert(argv: Sequence[str]) -> Path:
     if "version" not in given:
         raise CheckpointError("pass --version NAME: the converted checkpoint goes to <model_save_path>/NAME/")
     args = get_parameters(rest)
-    src = checkpoints.read_foreign(resolve_sources(sources, args.image_path), own.fmt)
+    src = legacy.read_foreign(resolve_sources(sources, args.image_path), own.fmt)
     if own.channel_order != "auto":
         if src.format != "mmgen":
             raise CheckpointError("--channel_order applies to MMGeneration/mmagic files only (the others are RGB)")
@@ -157,12 +160,12 @@ def convert(argv: Sequence[str]) -> Path:
         cfg = model_config(args, classes)
         args.device = "cpu"
         trainer = Trainer(args, cfg)
-        g_table, d_table = checkpoints.tables_for(src, trainer.G, trainer.D)
+        g_table, d_table = legacy.tables_for(src, trainer.G, trainer.D)
         what = ", ".join(str(p) for p in src.files.values())
-        g = checkpoints.apply_table(g_table, src.G, trainer.G.state_dict(), f"{what} (G)")
-        d = checkpoints.apply_table(d_table, src.D, trainer.D.state_dict(), f"{what} (D)")
-        ema = checkpoints.apply_table(g_table, src.G_ema, trainer.G.state_dict(), f"{what} (G_ema)") if src.G_ema else None
-        flip_g, flip_d = checkpoints.rgb_flips(trainer.G, trainer.D) if src.bgr else (None, None)
+        g = legacy.apply_table(g_table, src.G, trainer.G.state_dict(), f"{what} (G)")
+        d = legacy.apply_table(d_table, src.D, trainer.D.state_dict(), f"{what} (D)")
+        ema = legacy.apply_table(g_table, src.G_ema, trainer.G.state_dict(), f"{what} (G_ema)") if src.G_ema else None
+        flip_g, flip_d = legacy.rgb_flips(trainer.G, trainer.D) if src.bgr else (None, None)
         trainer.G.load_state_dict(flip_g(g.state) if flip_g else g.state)
         trainer.D.load_state_dict(flip_d(d.state) if flip_d else d.state)
         if trainer.ema is not None:
@@ -173,7 +176,7 @@ def convert(argv: Sequence[str]) -> Path:
         for name, opt, their, table, theirs_sd, model, flip in (
                 ("G", trainer.opt_g, src.opt_g, g_table, src.G, trainer.G, flip_g),
                 ("D", trainer.opt_d, src.opt_d, d_table, src.D, trainer.D, flip_d)):
-            state = checkpoints.map_optimizer(their, table, theirs_sd, model, opt.state_dict(), flip) if their else None
+            state = legacy.map_optimizer(their, table, theirs_sd, model, opt.state_dict(), flip) if their else None
             if state is not None:
                 opt.load_state_dict(state)
                 carried.append(name)
@@ -195,7 +198,7 @@ def convert(argv: Sequence[str]) -> Path:
         }
         path = trainer.save()
     options = {"args": vars(args), "model_config": cfg.to_dict(), "source": trainer.source, "step": trainer.step}
-    checkpoints.write_json_atomic(trainer.run["models"] / "training_options.json", options)
+    write_json(trainer.run["models"] / "training_options.json", options)
     for n in notes:
         print(f"note: {n}")
     print(f"converted {src.format} ({what}) -> {path} (step {trainer.step}); latest -> {path.name}")

@@ -22,13 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 import distributed
+from durable import write_json
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import DatasetError, build_dataset, build_test_split, class_folders, close_loader, get_loader, workers_for
 from distributed import LaunchError
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, get_parameters, split_global_batch
 from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers, write_json_atomic
+from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers
 from trainer import Preempted, StopRecorder, Trainer, class_rows, model_config, resolve_device
 
 # Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
@@ -92,7 +93,7 @@ def report(result: dict, json_path: Path, evaluator: "Evaluator | ClassifierEval
     """Print the evaluation table and write it as JSON (atomically)."""
     print(evaluator.format(result))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(json_path, result)
+    write_json(json_path, result)
     print(f"wrote {json_path}")
 
 

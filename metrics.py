@@ -51,6 +51,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from durable import write_durably
 from progress import Progress, check_abort, duration, track
 from sagan_models import eval_mode
 
@@ -293,14 +294,9 @@ def cache_root(flag: str | None) -> Path:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save into a per-process temporary file beside `path`, fsynced, then renamed (cache entries)."""
+    """torch.save through durable.write_durably (cache entries)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_durably(path, lambda f: torch.save(obj, f))
 
 
 def reference_stats(dataset: Dataset, name: str, imsize: int, net: Inception, cache_dir: Path, n_ref: int,

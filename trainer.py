@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import random
 import signal
 import sys
@@ -48,7 +47,8 @@ import distributed
 import progress
 import spectral
 from checkpoints import (CHECKPOINT_FORMAT, CheckpointError, check_same_model, checkpoint_path, load_checkpoint, prune, why_not_written,
-                         write_checkpoint, write_json_atomic)
+                         write_checkpoint)
+from durable import write_durably, write_json, write_text
 from data_loader import check_bad_files
 from distributed import DistEnv
 from progress import duration
@@ -384,15 +384,11 @@ class Trainer:
         grid = make_grid(imgs.float().cpu() * 0.5 + 0.5, nrow=8, padding=2).clamp(0, 1)
         path = path or self.run["samples"] / f"{self.step}_fake.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:  # never a half-written PNG: written beside, then renamed
-            save_image(grid, tmp, format="png")
-            os.replace(tmp, path)
+        try:  # never a half-written PNG
+            write_durably(path, lambda f: save_image(grid, f, format="png"))
         except OSError as e:
             raise CheckpointError(f"could not write the sample grid {path}: {why_not_written(e, path.parent)}; "
                                   f"free space and resume with --pretrained_model latest") from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return path, grid
 
     def attention_snapshot(self, writer: "SummaryWriter | None" = None) -> list[Path]:
@@ -590,9 +586,7 @@ class Trainer:
                 dropped = True
         keep = [(ln, step) for ln, step in lines if step <= self.step]
         if len(keep) != len(lines) or dropped:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln, _ in keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(ln + "\n" for ln, _ in keep))
         return {step for _, step in keep}
 
     # -- training --------------------------------------------------------------------------------
@@ -774,7 +768,7 @@ class Trainer:
                        "world_size": self.dist.world, "global_batch": self.global_batch,
                        "torch": torch.__version__, "G_params": sum(p.numel() for p in self.G.parameters()),
                        "D_params": sum(p.numel() for p in self.D.parameters())}
-            write_json_atomic(self.run["models"] / "training_options.json", options)
+            write_json(self.run["models"] / "training_options.json", options)
             recorded = self.truncate_metrics()
             if a.use_tensorboard:
                 from torch.utils.tensorboard import SummaryWriter

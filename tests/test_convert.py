@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import checkpoints
+import legacy
 import convert
 import fakedata
 from checkpoints import CheckpointError, load_checkpoint
@@ -136,7 +137,7 @@ def test_studiogan_pre_2022_embedding_tables(workdir: Path) -> None:
         if name.startswith("model=D"):
             (old / name).write_bytes((src / name).read_bytes())
             continue
-        obj = checkpoints.load_foreign(src / name)
+        obj = legacy.load_foreign(src / name)
         if name.startswith("model=G"):
             sd = {}
             renamed_leaf = {"weight_orig": "weight_orig", "weight_u": "weight_v", "weight_v": "weight_u"}
@@ -162,8 +163,8 @@ def test_studiogan_pre_2022_embedding_tables(workdir: Path) -> None:
 def test_optimizer_states_are_carried_over_exactly(workdir: Path) -> None:
     run_convert("studiogan_cifar10", "opt")
     ckpt = load_checkpoint(Path("models/opt/2.pt"))
-    src = checkpoints.load_foreign(DATA / "studiogan_cifar10_sagan_tiny" / "model=G-best-weights-step=2.pth")
-    their = [k for k in src["state_dict"] if checkpoints._is_param_key(k)]
+    src = legacy.load_foreign(DATA / "studiogan_cifar10_sagan_tiny" / "model=G-best-weights-step=2.pth")
+    their = [k for k in src["state_dict"] if legacy._is_param_key(k)]
     trainer = load_converted("opt", SG_CIFAR)
     ours = [n for n, _ in trainer.G.named_parameters()]
     assert len(ckpt["opt_g"]["state"]) == len(ours) == len(their)
@@ -196,8 +197,8 @@ def test_an_existing_run_is_never_overwritten(workdir: Path, capsys: pytest.Capt
 def test_bgr_optimizer_moments_follow_the_channel_flip(workdir: Path) -> None:
     run_convert("mmagic1x_cifar10", "bgr")
     ckpt = load_checkpoint(Path("models/bgr/2.pt"))
-    src = checkpoints.load_foreign(DATA / "mmagic_cifar10_sagan_tiny" / "iter_10.pth")
-    their_d = [k[len("discriminator."):] for k in src["state_dict"] if k.startswith("discriminator.") and checkpoints._is_param_key(k)]
+    src = legacy.load_foreign(DATA / "mmagic_cifar10_sagan_tiny" / "iter_10.pth")
+    their_d = [k[len("discriminator."):] for k in src["state_dict"] if k.startswith("discriminator.") and legacy._is_param_key(k)]
     D = Discriminator(ModelConfig.from_dict(ckpt["model_config"]))
     ours = [n for n, _ in D.named_parameters()]
     i = their_d.index("from_rgb.conv_1.conv.weight_orig")
@@ -247,12 +248,12 @@ def test_every_full_size_schema_converts_completely() -> None:
             variants = [{Path("1_G.pth"): tensors(schema["G"]), Path("1_D.pth"): tensors(schema["D"])}]
         args = get_parameters(flags[name])
         for files in variants:
-            src = checkpoints.parse_foreign(files)
+            src = legacy.parse_foreign(files)
             cfg = model_config(args, convert.num_classes_of(src))
             G, D = Generator(cfg), Discriminator(cfg)
-            g_table, d_table = checkpoints.tables_for(src, G, D)
+            g_table, d_table = legacy.tables_for(src, G, D)
             for table, theirs, model in ((g_table, src.G, G), (d_table, src.D, D)) + (((g_table, src.G_ema, G),) if src.G_ema else ()):
-                mapped = checkpoints.apply_table(table, theirs, model.state_dict(), name)  # raises on any gap
+                mapped = legacy.apply_table(table, theirs, model.state_dict(), name)  # raises on any gap
                 assert set(mapped.state) == set(model.state_dict())
                 assert len({e.src for e in mapped.origin.values()}) == len(theirs)  # every source tensor used once
             assert (src.G_ema is not None) == ("bigGAN-sch" in name)
@@ -268,7 +269,7 @@ def test_malicious_global_is_refused(workdir: Path, capsys: pytest.CaptureFixtur
     src = DATA / "studiogan_cifar10_sagan_tiny"
     bad = workdir / "bad"
     bad.mkdir()
-    d = checkpoints.load_foreign(src / "model=D-best-weights-step=2.pth")
+    d = legacy.load_foreign(src / "model=D-best-weights-step=2.pth")
     torch.save({"state_dict": d["state_dict"], "step": 2, "run_name": Evil()}, bad / "model=D-best-weights-step=2.pth")
     (bad / "model=G-best-weights-step=2.pth").write_bytes((src / "model=G-best-weights-step=2.pth").read_bytes())
     assert convert.main([str(bad), "--version", "evil"] + SG_CIFAR) == 2
@@ -338,16 +339,16 @@ def test_convert_then_sample_then_fine_tune(workdir: Path) -> None:
 
 def test_checkpoint_module_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file"):
-        checkpoints.load_foreign(tmp_path / "nope.pth")
+        legacy.load_foreign(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="is a folder"):
-        checkpoints.load_foreign(tmp_path)
+        legacy.load_foreign(tmp_path)
 
 
 def test_config_text_decides_the_channel_order_and_the_relu_before_the_file_name() -> None:
-    assert checkpoints.source_is_bgr("", "sagan_cifar10.pth") is True
-    assert checkpoints.source_is_bgr("", "sagan_convert-studio-rgb.pth") is False
-    assert checkpoints.source_is_bgr("generator=dict(rgb_to_bgr=False)", "sagan_convert-studio-rgb.pth") is True
-    assert checkpoints.source_is_bgr("generator=dict(rgb_to_bgr=True)", "sagan_cifar10.pth") is False
+    assert legacy.source_is_bgr("", "sagan_cifar10.pth") is True
+    assert legacy.source_is_bgr("", "sagan_convert-studio-rgb.pth") is False
+    assert legacy.source_is_bgr("generator=dict(rgb_to_bgr=False)", "sagan_convert-studio-rgb.pth") is True
+    assert legacy.source_is_bgr("generator=dict(rgb_to_bgr=True)", "sagan_cifar10.pth") is False
     assert convert.relu_inplace("", "sagan_woReLUinplace_x.pth") is False
     assert convert.relu_inplace("", "sagan_wReLUinplace_x.pth") is True
     assert convert.relu_inplace("act_cfg=dict(type='ReLU', inplace=False)", "sagan_wReLUinplace_x.pth") is False

@@ -53,9 +53,10 @@ import visualize
 from classifier import ClassifierEvaluator
 from data_loader import FMNIST_CLASSES, SHAPE_CLASSES, SHAPES_SEED, Shapes
 from main import main as run_main
-from parameter import get_parameters
+from parameter import get_parameters, model_config
 from sagan_models import Discriminator, Generator, count_params
-from trainer import Trainer, attention_gammas, model_config
+from checkpoints import load_generator
+from trainer import attention_gammas
 
 VARIANTS: list[tuple[str, str]] = [
     ("no attention", "--g_attn none --d_attn none"),
@@ -294,11 +295,8 @@ def run_variant(name: str, flags: str, steps: int, out: Path, seed: int) -> dict
     if not ckpt.is_file():
         assert run_main(argv) == 0, f"training {name} failed"
     minutes = (time.perf_counter() - t0) / 60
-    args = get_parameters(argv + ["--device", "cpu"])
-    trainer = Trainer(args, model_config(args, len(SHAPE_CLASSES)))
-    trainer.load(str(steps), restore_training=False)
-    return {"variant": name, "flags": flags, "version": version, "minutes": round(minutes, 1),
-            "gammas": attention_gammas(trainer.G_eval), "G": trainer.G_eval}
+    G = load_generator(out / "models" / version, str(steps)).G
+    return {"variant": name, "flags": flags, "version": version, "minutes": round(minutes, 1), "gammas": attention_gammas(G), "G": G}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

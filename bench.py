@@ -66,7 +66,10 @@ from PIL import Image
 
 from parameter import get_parameters
 from sagan_models import count_params, set_attention_backend
-from trainer import Trainer, model_config, resolve_device
+from data_loader import dataset_info
+from distributed import resolve_device
+from parameter import data_spec, model_config, train_options
+from trainer import Trainer
 
 
 def sync(device: torch.device) -> None:
@@ -162,7 +165,7 @@ def tf32_flags() -> str:
 def make_trainer(argv: Sequence[str], num_classes: int) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
     args = get_parameters(list(argv) + ["--use_tensorboard", "false"])
     cfg = model_config(args, num_classes)
-    trainer = Trainer(args, cfg)
+    trainer = Trainer(train_options(args), cfg)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(args.batch_size, 3, cfg.imsize, cfg.imsize, generator=g) * 2 - 1).to(trainer.device)
     y = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=g).to(trainer.device)
@@ -201,7 +204,7 @@ def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int
         iteration(trainer, x, y)
         sync(device)
         times.append(time.perf_counter() - t)
-    a = trainer.args
+    a = trainer.opts
     med = statistics.median(times)
     return {"s_per_iter": med, "img_per_s": trainer.global_batch * a.n_dis / med, "peak_bytes": peak_bytes(device),
             "times": times, "device": str(device)}
@@ -211,12 +214,11 @@ def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
     """Expected GPU hours of each preset's full run: FLOPs of one iteration counted at batch 2 (work is
     linear in the batch, see BENCHMARKS.md), scaled to the preset's global batch and --total_step, divided
     by an assumed sustained rate. An estimate, not a measurement."""
-    from main import KNOWN_CLASSES
 
     rows = []
     for name in names:
         args = get_parameters(["--preset", name])
-        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], KNOWN_CLASSES[args.dataset])
+        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], dataset_info(args.dataset).num_classes or 0)
         per_iter = flops2 / 2 * args.global_batch
         total = per_iter * args.total_step
         rows.append({"preset": name, "gflop_per_iter": per_iter / 1e9, "total_pflop": total / 1e15,
@@ -233,8 +235,9 @@ def time_to_accuracy(argv: Sequence[str], budget_s: float, every: int, n_samples
 
     args = get_parameters(list(argv) + ["--eval_metric", "classifier"])
     device = resolve_device(args.device)
-    dataset, classes = build_dataset(args)
-    trainer = Trainer(args, model_config(args, classes), get_loader(args, dataset, device))
+    dataset, classes = build_dataset(data_spec(args))
+    trainer = Trainer(train_options(args), model_config(args, classes),
+                      get_loader(dataset, device, args.batch_size, args.seed, args.num_workers))
     evaluator = None  # built at the first check, so that speed-only runs (--acc_every > steps) need no test split
     batches = trainer.batches()
     trainer.G.train()
@@ -267,12 +270,11 @@ def save_time(argv: Sequence[str], n: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from main import KNOWN_CLASSES
 
     args = get_parameters(list(argv) + ["--device", "cpu"])
     if not any(a.startswith("--model_save_path") for a in argv):
         args.model_save_path = tempfile.mkdtemp(prefix="sagan-save-")
-    trainer = Trainer(args, model_config(args, KNOWN_CLASSES.get(args.dataset, 0)))
+    trainer = Trainer(train_options(args), model_config(args, dataset_info(args.dataset).num_classes or 0))
     for opt in (trainer.opt_g, trainer.opt_d):
         for group in opt.param_groups:
             for p in group["params"]:
@@ -321,8 +323,8 @@ def loader_speed(argv: Sequence[str]) -> dict:
     from data_loader import build_dataset, get_loader
 
     args = get_parameters(list(argv))
-    dataset, _ = build_dataset(args)
-    loader = get_loader(args, dataset, torch.device("cpu"))
+    dataset, _ = build_dataset(data_spec(args))
+    loader = get_loader(dataset, torch.device("cpu"), args.batch_size, args.seed, args.num_workers)
     workers = loader.num_workers
     it = iter(loader)
     next(it)  # starts the workers

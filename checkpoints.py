@@ -20,18 +20,17 @@ import pickle
 import re
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from durable import write_durably, write_text
-from sagan_models import ModelConfig
+from sagan_models import Generator, ModelConfig
 
 CHECKPOINT_FORMAT = 1
-# Kept by --eval_step, as the papers' tables report best-FID/IS steps (Inception metrics), or the best
-# class accuracy / classifier-feature FD (the offline classifier metric, classifier.py).
-NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls")
 
 
 class CheckpointError(Exception):
@@ -48,7 +47,7 @@ def step_numbers(folder: Path) -> list[int]:
 
 
 def checkpoint_path(folder: Path, which: str) -> Path:
-    """`which` is a step number, 'latest', or one of NAMED_CHECKPOINTS."""
+    """`which` is a step number, 'latest', or a best checkpoint `best_<metric>` (metrics.NAMED_CHECKPOINTS)."""
     steps = step_numbers(folder)
     if which == "latest":
         pointer = folder / "latest"
@@ -65,7 +64,7 @@ def checkpoint_path(folder: Path, which: str) -> Path:
         if not steps:
             raise CheckpointError(f"no checkpoint in {folder}; train first, or check --version and --model_save_path")
         return folder / f"{steps[-1]}.pt"
-    if which in NAMED_CHECKPOINTS:
+    if which.startswith("best_"):
         path = folder / f"{which}.pt"
         if not path.is_file():
             raise CheckpointError(f"no {which} checkpoint in {folder}; it is written by training with --eval_step K > 0")
@@ -271,3 +270,41 @@ def check_same_model(saved: dict, current: ModelConfig, path: Path) -> None:
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {cur.get(k)!r}" for k in diff)
         raise CheckpointError(f"{path} was trained with a different model ({pairs}); pass the same flags or another --version")
+
+
+def load_part(path: Path, name: str, model: nn.Module, state: dict) -> None:
+    """model.load_state_dict(state), with a mismatch as one CheckpointError line."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its {name} weights do not fit the model its own config describes "
+                              f"({str(e).splitlines()[0].rstrip(':')}); the file is inconsistent (edited, or G and D "
+                              f"swapped): pick another checkpoint") from None
+
+
+@dataclass
+class LoadedGenerator:
+    """What `load_generator` returns: the sampling G and where it came from."""
+
+    G: nn.Module  # in eval mode, without gradients: the EMA generator when the checkpoint has one
+    config: ModelConfig
+    step: int
+    path: Path
+    ema: bool  # whether G holds the EMA weights
+    flags: dict  # the flags the run was trained (or converted) with
+    source: dict | None  # a converted checkpoint's origin
+
+
+def load_generator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator of a run folder (`<model_save_path>/<version>`) for sampling, with no Trainer, optimizer
+    or dataset: `which` is 'latest', a step or a best checkpoint; the EMA weights when saved."""
+    path = checkpoint_path(Path(folder), str(which))
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["model_config"]).resolved()
+    G = Generator(cfg)
+    load_part(path, "G", G, ckpt["G"])
+    ema = ckpt.get("G_ema") is not None
+    if ema:
+        load_part(path, "G_ema", G, ckpt["G_ema"])
+    return LoadedGenerator(G.to(device).eval().requires_grad_(False), cfg, int(ckpt["step"]), path, ema,
+                           ckpt.get("args", {}), ckpt.get("source"))

@@ -37,7 +37,7 @@ from checkpoints import CheckpointError
 from durable import write_json
 from legacy import Foreign
 from metrics import file_sha256
-from parameter import explicit_flags, get_parameters
+from parameter import explicit_flags, get_parameters, model_config, train_options
 
 
 def convert_parser() -> argparse.ArgumentParser:
@@ -121,7 +121,7 @@ def flag_problems(src: Foreign, args: Namespace) -> list[str]:
 
 
 def convert(argv: Sequence[str]) -> Path:
-    from trainer import Trainer, model_config
+    from trainer import Trainer
 
     sources, own, rest = split_argv(argv)
     if not sources:
@@ -159,7 +159,7 @@ def convert(argv: Sequence[str]) -> Path:
             raise CheckpointError(f"{folder} already holds checkpoints; pick another --version (nothing was overwritten)")
         cfg = model_config(args, classes)
         args.device = "cpu"
-        trainer = Trainer(args, cfg)
+        trainer = Trainer(train_options(args), cfg)
         g_table, d_table = legacy.tables_for(src, trainer.G, trainer.D)
         what = ", ".join(str(p) for p in src.files.values())
         g = legacy.apply_table(g_table, src.G, trainer.G.state_dict(), f"{what} (G)")
@@ -201,7 +201,9 @@ def convert(argv: Sequence[str]) -> Path:
     write_json(trainer.run["models"] / "training_options.json", options)
     for n in notes:
         print(f"note: {n}")
-    print(f"converted {src.format} ({what}) -> {path} (step {trainer.step}); latest -> {path.name}")
+    loaded = checkpoints.load_generator(folder)  # the file loads as every sampling command will load it
+    print(f"converted {src.format} ({what}) -> {path} (step {loaded.step}; sampling "
+          f"{'the EMA generator' if loaded.ema else 'G'}); latest -> {path.name}")
     flags = " ".join(rest)
     print(f"sample and look inside: python main.py --train false {flags}")
     keep_ema = ""

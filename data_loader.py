@@ -56,7 +56,7 @@ import os
 import pickle
 import signal
 import sys
-from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -317,6 +317,7 @@ class ImageFiles(ReadableItems):
     def __init__(self, files: list[Path], labels: list[int] | None, transform: Callable, draft: int | None = None) -> None:
         super().__init__(len(files))
         self.files, self.labels, self.transform, self.draft = files, labels, transform, draft
+        self.num_classes = max(labels) + 1 if labels else 0  # class_folders' labels are 0..K-1
 
     def source_files(self) -> list[Path]:
         return list(self.files)
@@ -478,9 +479,9 @@ def read_idx(path: Path, images: bool, count: int | None = None) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def fmnist_folder(args: Namespace) -> Path:
+def fmnist_folder(spec: "DataSpec") -> Path:
     """The first of --data_dir, <image_path>/fashion-mnist/, /usr/share/datasets/fashion-mnist/ holding all four files."""
-    candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.image_path) / "fashion-mnist", DEBIAN_FMNIST]
+    candidates = [Path(spec.data_dir)] if spec.data_dir else [Path(spec.image_path) / "fashion-mnist", DEBIAN_FMNIST]
     bases = [b for img, lab, _ in FMNIST_FILES.values() for b in (img, lab)]
     for c in candidates:
         if c.is_file():
@@ -525,95 +526,150 @@ class FashionMNIST(Dataset):
         return (self.images[i].float() / 127.5 - 1.0).expand(3, -1, -1), int(self.labels[i])
 
 
-def build_test_split(args: Namespace) -> Dataset | None:
-    """The held-out labelled split of `args.dataset` for the classifier metric, or None when it has none."""
-    if args.dataset == "shapes":
-        return Shapes(args.imsize, size=2000, seed=SHAPES_SEED + 1)  # other seed: other images
-    if args.dataset == "fashion_mnist":
-        return FashionMNIST(fmnist_folder(args), args.imsize, "test")
-    return None
-
-
 # ----------------------------------------------------------------------------------------------
+# The registry: every dataset by name
 
 
-def build_dataset(args: Namespace) -> tuple[Dataset, int]:
-    """The dataset named by `args.dataset` (its first `--max_images` items, if set) and its number of classes."""
-    dataset, num_classes = _build_full(args)
-    n = getattr(args, "max_images", 0)
-    if n and n < len(dataset):
-        dataset = Subset(dataset, range(n))
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images to load and where (main.py builds it from the flags of the same names)."""
+
+    dataset: str
+    imsize: int
+    image_path: str
+    data_dir: str | None
+    lsun_category: str
+    max_images: int
+    full_decode: bool
+
+    @property
+    def root(self) -> Path:
+        return Path(self.image_path)
+
+    @property
+    def folder(self) -> Path | None:
+        return Path(self.data_dir) if self.data_dir else None
+
+    @property
+    def draft(self) -> int | None:
+        """The size for reduced-size JPEG decoding (scale-free transforms only), None with --full_decode."""
+        return None if self.full_decode else self.imsize
+
+
+def _shapes(spec: DataSpec) -> Dataset:
+    n = spec.max_images
+    return Shapes(spec.imsize, size=min(n, SHAPES_SIZE) if n else SHAPES_SIZE)
+
+
+def _celeb(spec: DataSpec) -> Dataset:
+    candidates = [spec.folder] if spec.folder else [spec.root / "CelebA", spec.root / "celeba" / "img_align_celeba"]
+    for c in candidates:
+        files = list_images(c) if c.is_dir() else []
+        if files:
+            return ImageFiles(check_image_files(files, c), None, T.Compose([T.CenterCrop(160), T.Resize(spec.imsize), *_normalise()]))
+    hint = "".join(no_images_hint(c) for c in candidates)
+    raise DatasetError(f"CelebA not found: no images under {' and '.join(str(c) for c in candidates)}{hint}; fetch it with: "
+                       f"bash download.sh CelebA")
+
+
+def _lsun(spec: DataSpec) -> Dataset:
+    cat = spec.lsun_category
+    db = spec.folder or spec.root / f"{cat}_train_lmdb"
+    if not (db / "data.mdb").is_file():
+        raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: bash download.sh LSUN {cat}")
+    ds = LSUN(db, T.Compose([T.Resize(spec.imsize), T.CenterCrop(spec.imsize), *_normalise()]), spec.draft)
+    if len(ds) == 0:
+        raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh LSUN {cat}")
+    return ds
+
+
+def _cifar10(spec: DataSpec) -> Dataset:
+    folder = spec.folder or spec.root / "cifar-10-batches-py"
+    missing = [f"data_batch_{k}" for k in range(1, 6) if not (folder / f"data_batch_{k}").is_file()]
+    if missing:
+        raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh cifar10")
+    return CIFAR10(folder, spec.imsize)
+
+
+def _imagenet(spec: DataSpec) -> Dataset:
+    folder = spec.folder or spec.root / "imagenet" / "train"
+    files, labels, classes = class_folders(folder)
+    if not files:
+        raise DatasetError(
+            f"ImageNet not found: no class folders of images under {folder}{no_images_hint(folder)}; download the ILSVRC2012 "
+            f"train set from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
+        )
+    return ImageFiles(check_image_files(files, folder), labels, square_transform(spec.imsize), spec.draft)
+
+
+def _folder(spec: DataSpec) -> Dataset:
+    folder = spec.folder or spec.root
+    files, labels, classes = class_folders(folder)
+    top = [f for f in list_images(folder) if f.parent == folder] if folder.is_dir() else []
+    if len(classes) >= 2 and not top:
+        return ImageFiles(check_image_files(files, folder), labels, square_transform(spec.imsize), spec.draft)
+    files = list_images(folder) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(f"no images found under {folder}{no_images_hint(folder)}; pass --data_dir with a folder of images "
+                           f"(optionally one sub-folder per class)")
+    return ImageFiles(check_image_files(files, folder), None, square_transform(spec.imsize), spec.draft)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One entry of DATASETS: how to build it, its classes, its held-out split, how to fetch it."""
+
+    build: Callable[[DataSpec], Dataset]
+    num_classes: int | None  # 0: unlabelled; None: one class per sub-folder (the built dataset says how many)
+    what: str  # what the images are
+    data_dir: str  # what --data_dir names for it
+    download: str | None = None  # the `bash download.sh` argument that fetches it
+    test_split: Callable[[DataSpec], Dataset] | None = None  # held out for the classifier metric (classifier.py)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "shapes": DatasetInfo(_shapes, 4, "generated coloured shapes on noise (seeded, identical on every machine)", "nothing (generated)",
+                          test_split=lambda spec: Shapes(spec.imsize, size=2000, seed=SHAPES_SEED + 1)),  # other seed: other images
+    "celeb": DatasetInfo(_celeb, 0, "CelebA faces", "the folder of the images", "CelebA"),
+    "lsun": DatasetInfo(_lsun, 0, "one LSUN scene category (--lsun_category)", "the lmdb folder of the LSUN category", "LSUN"),
+    "cifar10": DatasetInfo(_cifar10, 10, "CIFAR-10", "the cifar-10-batches-py folder", "cifar10"),
+    "fashion_mnist": DatasetInfo(lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "train"), 10,
+                                 "Fashion-MNIST clothing (grey)", "the folder of the four idx files", "fashion_mnist",
+                                 test_split=lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "test")),
+    "imagenet": DatasetInfo(_imagenet, 1000, "ImageNet ILSVRC2012 train", "the folder of the class folders"),
+    "folder": DatasetInfo(_folder, None, "your own images, flat or one sub-folder per class", "the folder of the images"),
+}
+ALIASES = {"cifar": "cifar10"}  # heykeetae's spelling
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[ALIASES.get(name, name)]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def classifier_datasets() -> list[str]:
+    """The labelled datasets with a held-out split: the ones the offline classifier metric can score."""
+    return [name for name, info in DATASETS.items() if info.test_split is not None]
+
+
+def build_test_split(spec: DataSpec) -> Dataset | None:
+    """The held-out labelled split of the dataset for the classifier metric, or None when it has none."""
+    split = dataset_info(spec.dataset).test_split
+    return split(spec) if split is not None else None
+
+
+def build_dataset(spec: DataSpec) -> tuple[Dataset, int]:
+    """The dataset (its first --max_images items, if set) and its number of classes (0 when unlabelled)."""
+    info = dataset_info(spec.dataset)
+    if spec.folder is not None and spec.folder.exists() and not spec.folder.is_dir():
+        raise DatasetError(f"--data_dir {spec.folder} is a file, not a folder; pass {info.data_dir}")
+    dataset = info.build(spec)
+    num_classes = getattr(dataset, "num_classes", info.num_classes or 0)
+    if spec.max_images and spec.max_images < len(dataset):
+        dataset = Subset(dataset, range(spec.max_images))
     return dataset, num_classes
-
-
-def _build_full(args: Namespace) -> tuple[Dataset, int]:
-    root = Path(args.image_path)
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    name, imsize = args.dataset, args.imsize
-    draft = None if getattr(args, "full_decode", False) else imsize  # reduced-size JPEG decoding (scale-free transforms only)
-    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
-        what = {"lsun": "the lmdb folder of the LSUN category", "cifar10": "the cifar-10-batches-py folder",
-                "fashion_mnist": "the folder of the four idx files"}.get(name, "the folder of the images")
-        raise DatasetError(f"--data_dir {data_dir} is a file, not a folder; pass {what}")
-
-    if name == "shapes":
-        n = getattr(args, "max_images", 0)
-        return Shapes(imsize, size=min(n, SHAPES_SIZE) if n else SHAPES_SIZE), Shapes.num_classes
-
-    if name == "celeb":
-        candidates = [data_dir] if data_dir else [root / "CelebA", root / "celeba" / "img_align_celeba"]
-        for c in candidates:
-            files = list_images(c) if c.is_dir() else []
-            if files:
-                files = check_image_files(files, c)
-                return ImageFiles(files, None, T.Compose([T.CenterCrop(160), T.Resize(imsize), *_normalise()])), 0
-        where = " and ".join(str(c) for c in candidates)
-        hint = "".join(no_images_hint(c) for c in candidates)
-        raise DatasetError(f"CelebA not found: no images under {where}{hint}; fetch it with: bash download.sh CelebA")
-
-    if name == "lsun":
-        cat = args.lsun_category
-        db = data_dir or root / f"{cat}_train_lmdb"
-        if not (db / "data.mdb").is_file():
-            raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: bash download.sh LSUN {cat}")
-        ds = LSUN(db, T.Compose([T.Resize(imsize), T.CenterCrop(imsize), *_normalise()]), draft)
-        if len(ds) == 0:
-            raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh LSUN {cat}")
-        return ds, 0
-
-    if name == "cifar10":
-        folder = data_dir or root / "cifar-10-batches-py"
-        missing = [f"data_batch_{k}" for k in range(1, 6) if not (folder / f"data_batch_{k}").is_file()]
-        if missing:
-            raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh cifar10")
-        return CIFAR10(folder, imsize), CIFAR10.num_classes
-
-    if name == "fashion_mnist":
-        return FashionMNIST(fmnist_folder(args), imsize, "train"), FashionMNIST.num_classes
-
-    if name == "imagenet":
-        folder = data_dir or root / "imagenet" / "train"
-        files, labels, classes = class_folders(folder)
-        if not files:
-            raise DatasetError(
-                f"ImageNet not found: no class folders of images under {folder}{no_images_hint(folder)}; download the ILSVRC2012 "
-                f"train set from https://image-net.org (login required, no download.sh entry) and unpack one folder per class there"
-            )
-        return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize), draft), len(classes)
-
-    if name == "folder":
-        folder = data_dir or root
-        files, labels, classes = class_folders(folder)
-        top = [f for f in list_images(folder) if f.parent == folder] if folder.is_dir() else []
-        if len(classes) >= 2 and not top:
-            return ImageFiles(check_image_files(files, folder), labels, square_transform(imsize), draft), len(classes)
-        files = list_images(folder) if folder.is_dir() else []
-        if not files:
-            raise DatasetError(f"no images found under {folder}{no_images_hint(folder)}; pass --data_dir with a folder of images "
-                               f"(optionally one sub-folder per class)")
-        return ImageFiles(check_image_files(files, folder), None, square_transform(imsize), draft), 0
-
-    raise DatasetError(f"unknown dataset {name!r}")
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -694,19 +750,20 @@ def default_workers(dataset: Dataset, local_processes: int = 1) -> int:
     return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(1, local_processes)))
 
 
-def workers_for(args: Namespace, dataset: Dataset) -> int:
-    """--num_workers, or its automatic value when not given."""
-    if args.num_workers is not None:
-        return args.num_workers
+def workers_for(num_workers: int | None, dataset: Dataset) -> int:
+    """--num_workers, or its automatic value when not given (None)."""
+    if num_workers is not None:
+        return num_workers
     return default_workers(dataset, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: int = 0, world: int = 1) -> DataLoader:
+def get_loader(dataset: Dataset, device: torch.device, batch_size: int, seed: int, num_workers: int | None = None,
+               rank: int = 0, world: int = 1) -> DataLoader:
     """The training loader: `EpochBatchSampler` batches of --batch_size per process; workers persist
     across epochs and keep PREFETCH_FACTOR batches each ready; pinned memory on CUDA. The trainer moves
     it with `batch_sampler.set_epoch`."""
-    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, rank, world)
-    workers = workers_for(args, dataset)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world)
+    workers = workers_for(num_workers, dataset)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -715,5 +772,5 @@ def get_loader(args: Namespace, dataset: Dataset, device: torch.device, rank: in
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
-        generator=torch.Generator().manual_seed(args.seed),  # worker seeds; never the global RNG
+        generator=torch.Generator().manual_seed(seed),  # worker seeds; never the global RNG
     )

@@ -86,6 +86,11 @@ def device_for(env: DistEnv, name: str) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device for one process outside torchrun (auto: CUDA when available)."""
+    return device_for(DistEnv(), name)
+
+
 def init(env: DistEnv, device: torch.device) -> None:
     """Start the process group (NCCL on CUDA, Gloo on the CPU); a no-op for one process."""
     if not env.enabled or dist.is_initialized():

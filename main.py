@@ -19,22 +19,21 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 import distributed
 from durable import write_json
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
-from data_loader import DatasetError, build_dataset, build_test_split, class_folders, close_loader, get_loader, workers_for
-from distributed import LaunchError
+from data_loader import (DatasetError, build_dataset, build_test_split, class_folders, classifier_datasets, close_loader, dataset_info,
+                         get_loader, workers_for)
+from distributed import LaunchError, resolve_device
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
-from parameter import TUNED_WITH, get_parameters, split_global_batch
-from sagan_models import Discriminator, Generator, ModelConfig, count_params
-from checkpoints import CheckpointError, RunLock, check_writable, checkpoint_path, load_checkpoint, step_numbers
-from trainer import Preempted, StopRecorder, Trainer, class_rows, model_config, resolve_device
-
-# Classes per dataset when it is not read (dry runs): ILSVRC2012 has 1000.
-KNOWN_CLASSES = {"shapes": 4, "cifar10": 10, "celeb": 0, "lsun": 0, "imagenet": 1000, "fashion_mnist": 10}
-CLASSIFIER_DATASETS = ("shapes", "fashion_mnist")  # labelled, with a held-out split: the offline classifier metric
+from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
+import visualize
+from sagan_models import Discriminator, Generator, count_params, standing_stats
+from checkpoints import CheckpointError, RunLock, check_writable, load_generator, step_numbers
+from trainer import Preempted, StopRecorder, Trainer, seed_everything
 
 
 def resolve_num_classes(args: Namespace, dataset_classes: int) -> int:
@@ -49,9 +48,8 @@ def resolve_num_classes(args: Namespace, dataset_classes: int) -> int:
 
 
 def dry_run(args: Namespace) -> int:
-    if args.dataset in KNOWN_CLASSES:
-        classes = KNOWN_CLASSES[args.dataset]
-    else:
+    classes = dataset_info(args.dataset).num_classes  # the data is not read: the registry's count
+    if classes is None:
         classes = len(class_folders(Path(args.data_dir or args.image_path))[2])
         classes = classes if classes >= 2 else 0
     cfg = model_config(args, resolve_num_classes(args, classes))
@@ -66,7 +64,7 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
     """The Inception metrics (weights first: a missing file fails before any data is read or sampled, then
     the cached reference statistics of the training set), or the offline classifier metric for labelled
     datasets with a held-out split (`--eval_metric`; auto picks Inception when its weights are found)."""
-    kind = getattr(args, "eval_metric", "auto")
+    kind = args.eval_metric
     name = f"lsun_{args.lsun_category}" if args.dataset == "lsun" else args.dataset
     weights = None
     if kind in ("auto", "inception"):
@@ -74,18 +72,18 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
             weights = resolve_weights(args.inception_weights, args.image_path)
         except EvalError:
             named = args.inception_weights or os.environ.get(WEIGHTS_ENV)  # a file named but missing is an error
-            if kind == "inception" or named or args.dataset not in CLASSIFIER_DATASETS:
+            if kind == "inception" or named or args.dataset not in classifier_datasets():
                 raise
     if dataset is None:
-        dataset, _ = build_dataset(args)
+        dataset, _ = build_dataset(data_spec(args))
     if weights is not None:
         return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
-                         args.eval_ref_samples, args.eval_batch_size, workers_for(args, dataset))
-    test = build_test_split(args)
+                         args.eval_ref_samples, args.eval_batch_size, workers_for(args.num_workers, dataset))
+    test = build_test_split(data_spec(args))
     if test is None:
-        raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(CLASSIFIER_DATASETS)}); "
+        raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(classifier_datasets())}); "
                         f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
-    return ClassifierEvaluator(dataset, test, name, args.imsize, KNOWN_CLASSES[args.dataset], device,
+    return ClassifierEvaluator(dataset, test, name, args.imsize, test.num_classes, device,
                                cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED)
 
 
@@ -113,44 +111,45 @@ TRAINING_DATA_FLAGS = ("dataset", "lsun_category", "max_images", "imsize")
 
 
 def sample(args: Namespace) -> int:
-    """Load a checkpoint (its own model config), write the fixed-noise sample grid and, if asked,
-    --sample_num PNGs into --sample_dir and an evaluation on --eval_samples samples."""
+    """Load a checkpoint's generator (its own model config; checkpoints.load_generator), write the fixed-noise
+    sample grid, the figures of look_inside and, if asked, --sample_num PNGs into --sample_dir and an
+    evaluation on --eval_samples samples."""
     if args.eval_dir:
         return evaluate_folder(args)
-    folder = Trainer.run_folders(args)["models"]
-    path = checkpoint_path(folder, args.pretrained_model or "latest")
-    ckpt = load_checkpoint(path)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    for k in TRAINING_DATA_FLAGS:
-        if k in ckpt.get("args", {}):
-            setattr(args, k, ckpt["args"][k])
+    run = train_options(args).folders
     device = resolve_device(args.device)
+    loaded = load_generator(run["models"], args.pretrained_model or "latest", device)
+    G, step, path = loaded.G, loaded.step, loaded.path
+    for k in TRAINING_DATA_FLAGS:
+        if k in loaded.flags:
+            setattr(args, k, loaded.flags[k])
     evaluator = build_evaluator(args, device) if args.eval_samples is not None else None
-    trainer = Trainer(args, cfg)
-    trainer.load(path.stem, restore_training=False)
-    out, _ = trainer.sample_grid(trainer.run["samples"] / f"{trainer.step}_sample.png")
-    which = "the EMA generator" if trainer.ema is not None else "G"
-    origin = f", converted from {trainer.source['format']}" if trainer.source else ""
-    print(f"loaded {path} (step {trainer.step}{origin}; sampling {which}); wrote {out}")
-    for p in look_inside(trainer, args):
+    seed_everything(args.seed)
+    if args.standing_stats:
+        G = standing_stats(G, args.standing_stats, args.eval_batch_size, seed=args.seed)
+    z, y = visualize.fixed_noise(loaded.config, args.seed + 1, device)
+    out = run["samples"] / f"{step}_sample.png"
+    visualize.write_sample_grid(G, z, y, out)
+    origin = f", converted from {loaded.source['format']}" if loaded.source else ""
+    print(f"loaded {path} (step {step}{origin}; sampling {'the EMA generator' if loaded.ema else 'G'}); wrote {out}")
+    written = visualize.attention_snapshot(G, z, y, args.attn_samples, args.attn_points, run["attn"], str(step))
+    for p in written + look_inside(G, step, run["samples"], args):
         print(f"wrote {p}")
     if args.sample_dir:
-        written = write_samples(trainer.G_eval, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
+        written = write_samples(G, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
         print(f"wrote {len(written)} samples to {args.sample_dir}")
     if evaluator is not None:
-        result = evaluator(trainer.G_eval, args.eval_samples, source=f"{path} (step {trainer.step})")
-        preset = ckpt.get("args", {}).get("preset")
+        result = evaluator(G, args.eval_samples, source=f"{path} (step {step})")
+        preset = loaded.flags.get("preset")
         if preset in TUNED_WITH:
             result["tuned_with"] = f"--preset {preset} was tuned with {TUNED_WITH[preset]}"
             print(f"note: {result['tuned_with']}; the independent classifier chose nothing")
         tag = count_tag(result["metrics"]["samples"])
-        report(result, Path(args.eval_json) if args.eval_json else folder / f"eval_{path.stem}_{tag}.json", evaluator)
+        report(result, Path(args.eval_json) if args.eval_json else run["models"] / f"eval_{path.stem}_{tag}.json", evaluator)
         if isinstance(evaluator, ClassifierEvaluator):  # labelled data at hand: each class's samples beside real images
-            import visualize
-
-            figure = trainer.run["samples"] / f"{trainer.step}_vs_real.png"
-            classes = parse_classes(args.classes, cfg.num_classes)
-            visualize.versus_real(trainer.G_eval, evaluator.dataset, classes, seed=args.seed).save(figure)
+            figure = run["samples"] / f"{step}_vs_real.png"
+            classes = parse_classes(args.classes, loaded.config.num_classes)
+            visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed).save(figure)
             print(f"wrote {figure}")
     return 0
 
@@ -162,16 +161,14 @@ def parse_classes(spec: str | None, num_classes: int) -> list[int]:
             return [int(c) for c in spec.split(",") if c.strip()]
         except ValueError:
             raise ValueError(f"--classes expects comma-separated class indices such as 0,3,7, got {spec!r}")
-    return class_rows(num_classes)
+    return visualize.class_rows(num_classes)
 
 
-def look_inside(trainer: Trainer, args: Namespace) -> list[Path]:
-    """Attention figures (when G has attention), a class grid (when conditional) and an interpolation grid."""
-    import visualize
+def look_inside(G: nn.Module, step: int, folder: Path, args: Namespace) -> list[Path]:
+    """A class grid (when conditional) and an interpolation grid of G's samples into `folder`."""
     from torchvision.utils import save_image
 
-    G, step, folder = trainer.G_eval, trainer.step, trainer.run["samples"]
-    written = trainer.attention_snapshot()
+    written = []
     classes = parse_classes(args.classes, G.cfg.num_classes) if G.cfg.num_classes else None
     if classes is not None:
         grid = visualize.class_grid(G, classes, columns=8, seed=args.seed)
@@ -190,7 +187,7 @@ def train(args: Namespace) -> int:
     device = distributed.device_for(env, args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     split_global_batch(args, env.world)  # a preset's global batch, over the processes
-    folders = Trainer.run_folders(args)
+    folders = train_options(args).folders
     if not env.is_main:
         with StopRecorder() as stops:
             return train_in(args, env, device, say, stops)
@@ -210,16 +207,15 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
             raise Preempted(f"received {stops.signal} while {phase}, before the first step: nothing new to save; "
                             f"run the same command again to start")
 
-    dataset, classes = build_dataset(args)
+    dataset, classes = build_dataset(data_spec(args))
     stop_before_training("reading the data")
     cfg = model_config(args, resolve_num_classes(args, classes))
-    loader = get_loader(args, dataset, device, env.rank, env.world)
+    loader = get_loader(dataset, device, args.batch_size, args.seed, args.num_workers, env.rank, env.world)
     evaluator = build_evaluator(args, device, dataset) if args.eval_step and env.is_main else None
     stop_before_training("building the evaluator")
     distributed.init(env, device)
     try:
-        trainer = Trainer(args, cfg, loader, evaluator, env)
-        trainer.stop_signal = stops.signal
+        trainer = Trainer(train_options(args), cfg, loader, evaluator, env, stops)
         fresh = args.pretrained_model == "latest" and not step_numbers(trainer.run["models"])
         if fresh:  # one command line for the first submission and every requeue (README, "Preemption")
             say(f"--pretrained_model latest: no checkpoint in {trainer.run['models']} yet; starting at step 0", flush=True)
@@ -232,7 +228,7 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
         say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
             f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)
-        say(f"batch: {args.batch_size} per process x {trainer.accum} micro-batches x {env.world} processes "
+        say(f"batch: {args.batch_size} per process x {args.accum} micro-batches x {env.world} processes "
             f"= {trainer.global_batch} images per D update; workers {loader.num_workers}"
             f"{' (auto)' if args.num_workers is None else ''} per process", flush=True)
         trainer.train()

@@ -43,7 +43,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from durable import write_durably
+from durable import write_durably, write_text
 from progress import Progress, check_abort, duration, track
 from sagan_models import eval_mode
 
@@ -438,6 +438,11 @@ class Evaluator:
         return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))
 
 
+# The best checkpoints kept by --eval_step, as the papers' tables report best-FID/IS steps: the `best`
+# names of both evaluators (Inception here, the offline classifier metric in classifier.py).
+NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls")
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush it to disk (metrics.jsonl is append-only)."""
     with open(path, "a") as f:
@@ -445,3 +450,60 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
 
+
+
+DEFAULT_EVAL_SAMPLES = 10_000
+
+
+class MetricsLog:
+    """A run's metrics.jsonl and its best checkpoints: `evaluate` scores a generator with an evaluator, appends
+    the record, logs the scalars to TensorBoard and keeps `best_<name>.pt` for each of the evaluator's `best`
+    entries; `best` (name -> value) travels in every checkpoint. `truncate` drops the records after a resumed step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best: dict[str, float] = {}
+
+    def evaluate(self, evaluator: "Evaluator", G: nn.Module, n: int | None, step: int, kimg: float, train_seconds: float,
+                 source: str, writer: object | None, save: Callable[[str], object]) -> dict:
+        t0 = time.perf_counter()
+        result = evaluator(G, n or DEFAULT_EVAL_SAMPLES, source=source)
+        m = result["metrics"]
+        scalars = evaluator.scalars(m)
+        record = {"step": step, "kimg": kimg, "train_seconds": round(train_seconds, 1),
+                  "seconds": round(time.perf_counter() - t0, 3), **m}
+        append_jsonl(self.path, record)
+        if writer:
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, step)
+        for name, key, direction in evaluator.best:
+            old = self.best.get(name)
+            if old is None or (m[key] < old if direction == "min" else m[key] > old):
+                self.best[name] = m[key]
+                save(f"best_{name}")
+        print(" ".join([f"eval step {step}:"] + [f"{k.split('/')[1]} {v:.4f}" for k, v in scalars.items()]
+                       + [f"({record['seconds']:.0f} s)"]), flush=True)
+        return record
+
+    def truncate(self, step: int) -> set[int]:
+        """On resume: drop the records after `step`, so that no step appears twice (a cut last line is dropped with
+        a warning; a corrupt line before the end is an error). Returns the steps that keep a record."""
+        if not self.path.is_file():
+            return set()
+        raw = self.path.read_text().splitlines()
+        lines, dropped = [], False
+        for number, ln in enumerate(raw, 1):
+            if not ln.strip():
+                continue
+            try:
+                lines.append((ln, json.loads(ln).get("step", 0)))
+            except (json.JSONDecodeError, AttributeError):
+                if any(rest.strip() for rest in raw[number:]):
+                    raise EvalError(f"{self.path} line {number} is corrupt (not a JSON record); delete or repair that line, "
+                                    f"then resume")
+                print(f"warning: {self.path}: dropped an incomplete last line (a write was cut off)", file=sys.stderr, flush=True)
+                dropped = True
+        keep = [(ln, s) for ln, s in lines if s <= step]
+        if len(keep) != len(lines) or dropped:
+            write_text(self.path, "".join(ln + "\n" for ln, _ in keep))
+        return {s for _, s in keep}

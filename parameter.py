@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from checkpoints import NAMED_CHECKPOINTS
-from metrics import WEIGHTS_NAME
-from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_BLOCKS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS
+from data_loader import ALIASES, DATASETS, DataSpec
+from metrics import NAMED_CHECKPOINTS, WEIGHTS_NAME
+from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_BLOCKS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS, ModelConfig
+from trainer import TrainOptions
 
-DATASETS = ("shapes", "celeb", "lsun", "cifar10", "cifar", "imagenet", "folder", "fashion_mnist")
 LOSSES = ("hinge", "wgan-gp", "ns")
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
 
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", type=str, default="shapes", choices=DATASETS)
+    d.add_argument("--dataset", type=str, default="shapes", choices=[*DATASETS, *ALIASES])
     d.add_argument("--image_path", type=str, default="./data", help="root folder of the datasets")
     d.add_argument("--data_dir", type=str, default=None, help="explicit dataset folder (overrides the layout under --image_path)")
     d.add_argument("--lsun_category", type=str, default="church_outdoor")
@@ -395,8 +396,7 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
         split_global_batch(args, 1)
     except ValueError as e:
         p.error(str(e))
-    if args.dataset == "cifar":
-        args.dataset = "cifar10"
+    args.dataset = ALIASES.get(args.dataset, args.dataset)
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
                 f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (README, 'Many GPUs')")
@@ -411,3 +411,22 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except ValueError as e:
             p.error(f"argument --attn_points: {e} (x and y from 0 to {args.imsize - 1})")
     return args
+
+
+# ----------------------------------------------------------------------------------------------
+# The namespace stops here: the other modules take these
+
+
+def model_config(args: argparse.Namespace, num_classes: int) -> ModelConfig:
+    """The model the flags describe, for a dataset of `num_classes` classes (0: unconditional)."""
+    return ModelConfig(**{f.name: vars(args)[f.name] for f in fields(ModelConfig) if f.name != "num_classes"},
+                       num_classes=num_classes).resolved()
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    return DataSpec(**{f.name: vars(args)[f.name] for f in fields(DataSpec)})
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The Trainer's options: the flags of the same names, and all flags as parsed (saved with every checkpoint)."""
+    return TrainOptions(**{f.name: vars(args)[f.name] for f in fields(TrainOptions) if f.name != "flags"}, flags=dict(vars(args)))

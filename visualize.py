@@ -10,6 +10,9 @@ the block of image pixels it was computed from. Each panel is scaled to its own 
 mask, the excluded keys have weight 0 and the excluded square is outlined. One figure per sample:
 rows are query points, columns are the image and then one panel per layer, in network order.
 
+Sample grids (`write_sample_grid`): the fixed noise of `fixed_noise`, eight samples per row, one row per
+class when conditional (at most 16 classes spread evenly), written durably (never a half-written PNG).
+
 Class grids: one row per class, the same z in each column, so that a column shows what the label
 changes. Interpolations: spherical (slerp) between the z of two fixed seeds, label fixed per row; the
 end points are exactly the two seeds' samples.
@@ -29,8 +32,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from checkpoints import CheckpointError, why_not_written
+from durable import write_durably
 from metrics import to_uint8
-from sagan_models import SelfAttention, eval_mode, sample
+from sagan_models import ModelConfig, SelfAttention, eval_mode, sample
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
 # Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
@@ -52,6 +57,48 @@ def parse_points(spec: str | None, imsize: int) -> list[tuple[int, int]]:
             raise ValueError(f"attention point ({x},{y}) is outside the {imsize}x{imsize} image")
         points.append((x, y))
     return points
+
+
+def class_rows(num_classes: int, limit: int = 16) -> list[int]:
+    """The classes shown as grid rows: all of them, or `limit` spread evenly over them."""
+    return torch.linspace(0, num_classes - 1, min(num_classes, limit)).round().long().tolist()
+
+
+def fixed_noise(cfg: ModelConfig, seed: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """(z, y) of the sample grids: 8 columns, one row per class in `class_rows` when conditional, else 8 rows."""
+    rows = class_rows(cfg.num_classes) if cfg.num_classes else None
+    z = torch.randn(8 * (len(rows) if rows else 8), cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    return z, torch.tensor(rows).repeat_interleave(8).to(device) if rows else None
+
+
+@torch.no_grad()
+def write_sample_grid(G: nn.Module, z: Tensor, y: Tensor | None, path: Path) -> Tensor:
+    """G's samples (drawn in eval mode, then back to G's previous mode) as a PNG grid of 8 columns; returns the grid."""
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid(sample(G, z, y).float().cpu() * 0.5 + 0.5, nrow=8, padding=2).clamp(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_durably(path, lambda f: save_image(grid, f, format="png"))
+    except OSError as e:
+        raise CheckpointError(f"could not write the sample grid {path}: {why_not_written(e, path.parent)}; "
+                              f"free space and resume with --pretrained_model latest") from e
+    return grid
+
+
+def attention_snapshot(G: nn.Module, z: Tensor, y: Tensor | None, n: int, points: str | None, folder: Path, stem: str,
+                       writer: object | None = None, step: int = 0) -> list[Path]:
+    """Attention figures for `n` of the grid's samples (the first of every row of 8, so one per class when
+    conditional) into folder/<stem>_attn<k>.png, and TensorBoard; nothing when G has no attention."""
+    if not n or not attention_layers(G):
+        return []
+    idx = (torch.arange(n) * 8) % len(z)
+    figs = attention_figures(G, z[idx], y[idx] if y is not None else None, parse_points(points, G.cfg.imsize))
+    paths = save_figures(figs, folder, stem)
+    if writer:
+        for k, fig in enumerate(figs):
+            writer.add_image(f"attention/{k}", np.asarray(fig), step, dataformats="HWC")
+    return paths
 
 
 def attention_layers(G: nn.Module) -> list[SelfAttention]:

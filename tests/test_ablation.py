@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 import ablation
-from parameter import get_parameters
+from parameter import get_parameters, model_config
 from test_fmnist import fake_fmnist
-from trainer import model_config
 
 TINY = shlex.split("--g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 8")
 

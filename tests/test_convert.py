@@ -27,7 +27,8 @@ from checkpoints import CheckpointError, load_checkpoint
 from metrics import file_sha256
 from parameter import get_parameters
 from sagan_models import Discriminator, Generator, ModelConfig
-from trainer import Trainer, model_config
+from parameter import model_config, train_options
+from trainer import Trainer
 
 DATA = Path(__file__).resolve().parent / "data" / "peer_checkpoints"
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def load_converted(version: str, flags: list[str]) -> Trainer:
     args = get_parameters(flags + ["--version", version, "--device", "cpu"])
     path = checkpoints.checkpoint_path(Path("models") / version, "latest")
     cfg = ModelConfig.from_dict(load_checkpoint(path)["model_config"])
-    trainer = Trainer(args, cfg)
+    trainer = Trainer(train_options(args), cfg)
     trainer.load("latest", restore_training=False)
     return trainer
 

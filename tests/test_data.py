@@ -1,6 +1,5 @@
 """Every loader reads a miniature of its real layout; missing data is one clear line."""
 
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +7,13 @@ import pytest
 import torch
 
 import fakedata
-from data_loader import SHAPE_CLASSES, DatasetError, Shapes, build_dataset, get_loader, render_shape
+from data_loader import SHAPE_CLASSES, DataSpec, DatasetError, Shapes, build_dataset, get_loader, render_shape
 
 
-def _args(tmp_path: Path, dataset: str, imsize: int = 32, **kw) -> Namespace:
+def _args(tmp_path: Path, dataset: str, imsize: int = 32, **kw) -> DataSpec:
     base = dict(dataset=dataset, image_path=str(tmp_path / "data"), data_dir=None, imsize=imsize,
-                lsun_category="church_outdoor", max_images=0, batch_size=4, num_workers=0, seed=0)
-    return Namespace(**{**base, **kw})
+                lsun_category="church_outdoor", max_images=0, full_decode=False)
+    return DataSpec(**{**base, **kw})
 
 
 def _check(ds, imsize: int) -> None:
@@ -42,9 +41,8 @@ def test_lsun_lmdb(tmp_path: Path) -> None:
 
 def test_lsun_works_with_worker_processes(tmp_path: Path) -> None:
     fakedata.lsun(tmp_path / "data", n=8)
-    args = _args(tmp_path, "lsun", num_workers=2)
-    ds, _ = build_dataset(args)
-    x, y = next(iter(get_loader(args, ds, torch.device("cpu"))))
+    ds, _ = build_dataset(_args(tmp_path, "lsun"))
+    x, y = next(iter(get_loader(ds, torch.device("cpu"), batch_size=4, seed=0, num_workers=2)))
     assert x.shape == (4, 3, 32, 32)
 
 
@@ -100,10 +98,9 @@ def test_empty_folder_counts_as_missing(tmp_path: Path) -> None:
 
 def test_batch_larger_than_dataset(tmp_path: Path) -> None:
     fakedata.celeba(tmp_path / "data", n=3)
-    args = _args(tmp_path, "celeb", batch_size=8)
-    ds, _ = build_dataset(args)
+    ds, _ = build_dataset(_args(tmp_path, "celeb"))
     with pytest.raises(DatasetError, match="--batch_size 8 is larger than the dataset"):
-        get_loader(args, ds, torch.device("cpu"))
+        get_loader(ds, torch.device("cpu"), batch_size=8, seed=0, num_workers=0)
 
 
 def test_shapes_deterministic_labelled_and_varied() -> None:

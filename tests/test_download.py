@@ -11,7 +11,6 @@ import subprocess
 import tarfile
 import threading
 import zipfile
-from argparse import Namespace
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 import fakedata
-from data_loader import build_dataset
+from data_loader import DataSpec, build_dataset
 
 SCRIPT = Path(__file__).resolve().parent.parent / "download.sh"
 
@@ -59,9 +58,9 @@ def _cifar_archive(tmp_path: Path, served: Path) -> Path:
     return archive
 
 
-def _args(tmp_path: Path, dataset: str, **kw: object) -> Namespace:
-    return Namespace(dataset=dataset, image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
-                     lsun_category=kw.get("lsun_category", "church_outdoor"), max_images=0)
+def _args(tmp_path: Path, dataset: str, **kw: object) -> DataSpec:
+    return DataSpec(dataset=dataset, image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
+                    lsun_category=kw.get("lsun_category", "church_outdoor"), max_images=0, full_decode=False)
 
 
 def test_cifar10_download_verify_unpack(tmp_path: Path, server: tuple[str, Path]) -> None:
@@ -208,8 +207,7 @@ def test_fashion_mnist_download_checks_md5(tmp_path: Path, server: tuple[str, Pa
     r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_BASE=url, SAGAN_FMNIST_MD5S=md5s)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("MD5 ok") == 4
-    ds, classes = build_dataset(Namespace(dataset="fashion_mnist", image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
-                                          max_images=0, lsun_category="x"))
+    ds, classes = build_dataset(_args(tmp_path, "fashion_mnist"))
     assert (len(ds), classes) == (30, 10)
     for n in names:
         (tmp_path / "data" / "fashion-mnist" / n).unlink()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from argparse import Namespace
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from torch import nn
 
 import data_loader
 from classifier import ClassifierEvaluator, stack_uint8
-from data_loader import DatasetError, FashionMNIST, Shapes, build_dataset, build_test_split
+from data_loader import DataSpec, DatasetError, FashionMNIST, Shapes, build_dataset, build_test_split
 from parameter import get_parameters
 from sagan_models import ModelConfig
 
@@ -46,9 +46,9 @@ def fake_fmnist(folder: Path, n_train: int = 64, n_test: int = 32, gz: bool = Tr
     return out[0]
 
 
-def args_for(folder: Path, imsize: int = 32) -> Namespace:
-    return Namespace(dataset="fashion_mnist", image_path=str(folder.parent), data_dir=str(folder), imsize=imsize,
-                     max_images=0, lsun_category="x")
+def args_for(folder: Path, imsize: int = 32) -> DataSpec:
+    return DataSpec(dataset="fashion_mnist", image_path=str(folder.parent), data_dir=str(folder), imsize=imsize,
+                    max_images=0, lsun_category="x", full_decode=False)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -70,7 +70,8 @@ def test_idx_files_are_read_padded_and_replicated(tmp_path: Path, gz: bool) -> N
 
 def test_missing_and_damaged_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_loader, "DEBIAN_FMNIST", tmp_path / "not_installed")
-    a = Namespace(dataset="fashion_mnist", image_path=str(tmp_path), data_dir=None, imsize=32, max_images=0, lsun_category="x")
+    a = DataSpec(dataset="fashion_mnist", image_path=str(tmp_path), data_dir=None, imsize=32, max_images=0, lsun_category="x",
+                 full_decode=False)
     with pytest.raises(DatasetError) as e:
         build_dataset(a)
     msg = str(e.value)
@@ -86,7 +87,7 @@ def test_missing_and_damaged_files_are_one_line(tmp_path: Path, monkeypatch: pyt
         build_dataset(a)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DatasetError, match="is a file"):
-        build_dataset(Namespace(**{**vars(a), "data_dir": str(tmp_path / "afile")}))
+        build_dataset(dataclasses.replace(a, data_dir=str(tmp_path / "afile")))
 
 
 class RealImagesG(nn.Module):

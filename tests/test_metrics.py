@@ -99,13 +99,11 @@ def test_reference_cache_reused_and_invalidated(net: Inception, tmp_path: Path) 
 
 
 def test_reference_cache_sees_changed_files(net: Inception, tmp_path: Path) -> None:
-    from argparse import Namespace
-
-    from data_loader import build_dataset
+    from data_loader import DataSpec, build_dataset
 
     fakedata.celeba(tmp_path / "data", n=10)
-    args = Namespace(dataset="celeb", image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
-                     lsun_category="church_outdoor", max_images=0)
+    args = DataSpec(dataset="celeb", image_path=str(tmp_path / "data"), data_dir=None, imsize=32,
+                    lsun_category="church_outdoor", max_images=0, full_decode=False)
     ds, _ = build_dataset(args)
     assert not reference_stats(ds, "celeb", 32, net, tmp_path, 0)["cache"]["hit"]
     assert reference_stats(build_dataset(args)[0], "celeb", 32, net, tmp_path, 0)["cache"]["hit"]

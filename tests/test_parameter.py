@@ -150,7 +150,7 @@ def test_preset_values_and_explicit_override() -> None:
 def test_seed_lines_resolve_to_the_documented_configuration() -> None:
     """The README's seed lines: our defaults (paper's ResNet, official attention at 32x32, hinge, TTUR)."""
     from main import resolve_num_classes
-    from trainer import model_config
+    from parameter import model_config
 
     for line in SEED_LINES:
         a = get_parameters(shlex.split(line))

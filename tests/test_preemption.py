@@ -131,7 +131,7 @@ def test_no_sample_or_evaluation_phase_starts_after_a_signal(workdir: Path, monk
         return out
 
     monkeypatch.setattr(trainer_module.Trainer, "iteration", iteration)
-    monkeypatch.setattr(trainer_module.Trainer, "sample_grid", lambda self, *a: phases.append("sample") or (None, torch.zeros(3, 2, 2)))
+    monkeypatch.setattr(trainer_module.Trainer, "sample", lambda self, *a: phases.append("sample"))
     assert main(BASE + ["--num_workers", "0", "--version", "p", "--total_step", "50", "--sample_step", "2"]) == 3
     assert phases == ["step 1", "step 2", "sample", "step 3", "step 4"]
     assert "at step 4: saved models/p/4.pt" in capsys.readouterr().err

@@ -18,10 +18,9 @@ import torch
 from PIL import Image
 
 import checkpoints
-import trainer as trainer_module
 from data_loader import build_dataset, open_rgb
 from main import main
-from parameter import get_parameters
+from parameter import data_spec, get_parameters, model_config, train_options
 from checkpoints import CheckpointError, load_checkpoint
 from trainer import Trainer
 
@@ -121,12 +120,12 @@ def test_nan_in_discriminator_stops_training_without_a_nan_checkpoint(workdir: P
     args = get_parameters(BASE + ["--version", "nan", "--total_step", "2", "--model_save_step", "1"])
     from data_loader import get_loader
 
-    dataset, _ = build_dataset(args)
-    t = Trainer(args, trainer_module.model_config(args, 4), get_loader(args, dataset, torch.device("cpu")))
+    dataset, _ = build_dataset(data_spec(args))
+    t = Trainer(train_options(args), model_config(args, 4), get_loader(dataset, torch.device("cpu"), args.batch_size, 0, 0))
     t.train()
     with torch.no_grad():
         next(t.D.parameters()).view(-1)[0] = float("nan")
-    t.args.total_step = 5
+    t.opts.total_step = 5
     with pytest.raises(FloatingPointError) as e:
         t.train()
     msg = str(e.value)
@@ -213,7 +212,7 @@ def test_keep_last_prunes_by_write_order_and_keeps_what_latest_names(workdir: Pa
 
 def test_keep_last_never_removes_best(workdir: Path) -> None:
     args = get_parameters(BASE + ["--version", "keep", "--keep_last", "2"])
-    t = Trainer(args, trainer_module.model_config(args, 4))
+    t = Trainer(train_options(args), model_config(args, 4))
     for step in range(1, 6):
         t.step = step
         t.save()

@@ -16,7 +16,8 @@ from distributed import DistEnv, LaunchError, launch_env
 from main import main
 from parameter import get_parameters
 from sagan_models import Generator, ModelConfig, SelfAttention
-from trainer import EMA, Trainer, model_config
+from parameter import model_config, train_options
+from trainer import EMA, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = shlex.split("--dataset shapes --max_images 64 --imsize 32 --g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 4 "
@@ -111,7 +112,7 @@ def test_ema_copies_before_start_then_matches_closed_form() -> None:
 def _trainer(tmp_path: Path, extra: str) -> Trainer:
     args = get_parameters(shlex.split(f"--dataset shapes --imsize 32 --g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --device cpu "
                                       f"--model_save_path {tmp_path}/m --sample_path {tmp_path}/s --log_path {tmp_path}/l {extra}"))
-    return Trainer(args, model_config(args, 4))
+    return Trainer(train_options(args), model_config(args, 4))
 
 
 def test_accumulation_matches_one_large_batch(tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import fakedata
+import visualize
 from main import main
 from test_parameter import SEED_LINES
 
@@ -94,17 +96,17 @@ def test_sample_from_checkpoint(workdir: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_fixed_grid_drawn_in_eval_mode_then_back_to_train(workdir: Path) -> None:
-    from parameter import get_parameters
-    from trainer import Trainer, model_config
+    from parameter import get_parameters, model_config, train_options
+    from trainer import Trainer
 
     args = get_parameters(["--imsize", "32", *TINY])
-    trainer = Trainer(args, model_config(args, 4))
+    trainer = Trainer(train_options(args), model_config(args, 4))
     modes = []
     trainer.G.register_forward_pre_hook(lambda m, i: modes.append(m.training))
     trainer.G.train()
-    path, grid = trainer.sample_grid()
+    grid = visualize.write_sample_grid(trainer.G_eval, trainer.fixed_z, trainer.fixed_y, workdir / "grid.png")
     assert modes == [False] and trainer.G.training
-    assert grid.shape[1:] == (2 + 4 * 34, 2 + 8 * 34)  # one row per class, 8 columns, 32 px + 2 px padding
+    assert grid.shape[1:] == (2 + 4 * 34, 2 + 8 * 34) == Image.open(workdir / "grid.png").size[::-1]  # one row per class, 8 columns, 32 px + 2 px padding
     assert torch.equal(trainer.fixed_y, torch.arange(4).repeat_interleave(8))
 
 
@@ -151,9 +153,9 @@ def test_short_shapes_run_learns(workdir: Path, capsys: pytest.CaptureFixture) -
 
     def samples(step: str | None) -> torch.Tensor:
         args = get_parameters(argv + (["--pretrained_model", step] if step else []))
-        from trainer import model_config
+        from parameter import model_config, train_options
 
-        t = Trainer(args, model_config(args, 4))
+        t = Trainer(train_options(args), model_config(args, 4))
         if step:
             t.load(step, restore_training=False)
         t.G.eval()

@@ -270,6 +270,33 @@ def wrap(G: nn.Module, D: nn.Module, opts: TrainOptions, dist: DistEnv, device: 
     return w
 
 
+def micro_batches(k: int, ddp: nn.Module | None) -> Iterator[tuple[int, contextlib.AbstractContextManager]]:
+    """(index, context) for K micro-batches: under DDP, gradients are all-reduced on the last only."""
+    for i in range(k):
+        yield i, (ddp.no_sync() if ddp is not None and i < k - 1 else contextlib.nullcontext())
+
+
+def resume_hint(last_saved: Path | None) -> str:
+    """What to do after a divergence: resume from the last good checkpoint with lower rates, or start again."""
+    if last_saved is None:
+        return "No checkpoint was written yet; lower --d_lr/--g_lr (or use --amp off) and start again."
+    return (f"The last good checkpoint is {last_saved}; resume from it with --pretrained_model {last_saved.stem} "
+            f"and a lower --d_lr/--g_lr, --amp off, or another --seed.")
+
+
+def report(line: str, vals: dict[str, float], bar: object, loader: DataLoader | None, warned: str | None) -> str | None:
+    """Print the log line (or show the losses on the progress bar on a terminal), and warn when unreadable images
+    appear in the loader's dataset (once per new count); returns the warning last given."""
+    if sys.stderr.isatty():
+        bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
+    else:
+        print(line, flush=True)
+    warning = check_bad_files(loader.dataset) if loader is not None else None
+    if warning and warning != warned:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return warning or warned
+
+
 def restore_rng(ckpt: dict, path: Path, dist: DistEnv, device: torch.device) -> bool:
     """This process's random state from a checkpoint; False (and a note on rank 0) when it cannot be restored
     bit for bit (saved by another number of processes or on another kind of device)."""
@@ -446,10 +473,6 @@ class Trainer:
         """Real images per D update, over all processes and micro-batches."""
         return self.opts.batch_size * self.opts.accum * self.dist.world
 
-    @property
-    def stop_signal(self) -> str | None:
-        return self.stops.signal
-
     # -- checkpoints -----------------------------------------------------------------------------
 
     def state(self, rng_ranks: list | None = None) -> dict:
@@ -478,7 +501,7 @@ class Trainer:
         rng_ranks = distributed.gather_objects(self.dist, rng_state(self.device)) if name is None else None
         bad = nonfinite(self.models())
         if bad:
-            raise FloatingPointError(f"non-finite weights in {', '.join(bad)} at step {self.step}; not saved. {self.resume_hint()}")
+            raise FloatingPointError(f"non-finite weights in {', '.join(bad)} at step {self.step}; not saved. {resume_hint(self.last_saved)}")
         if not self.dist.is_main:
             return path
         state = self.state(rng_ranks)
@@ -498,12 +521,6 @@ class Trainer:
             self.last_saved = path
             prune(folder, self.opts.keep_last)
         return path
-
-    def resume_hint(self) -> str:
-        if self.last_saved is None:
-            return "No checkpoint was written yet; lower --d_lr/--g_lr (or use --amp off) and start again."
-        return (f"The last good checkpoint is {self.last_saved}; resume from it with --pretrained_model {self.last_saved.stem} "
-                f"and a lower --d_lr/--g_lr, --amp off, or another --seed.")
 
     def load(self, which: str, restore_training: bool = True) -> Path:
         path = checkpoint_path(self.run["models"], which)
@@ -553,12 +570,6 @@ class Trainer:
         """Mixed precision for the forward passes (--amp); a no-op context when off."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    @staticmethod
-    def micro_batches(k: int, ddp: nn.Module | None) -> Iterator[tuple[int, contextlib.AbstractContextManager]]:
-        """(index, context) for K micro-batches: under DDP, gradients are all-reduced on the last only."""
-        for i in range(k):
-            yield i, (ddp.no_sync() if ddp is not None and i < k - 1 else contextlib.nullcontext())
-
     def generate(self, n: int) -> tuple[Tensor, Tensor | None]:
         """n fakes from the training-mode G and their labels (uniform)."""
         y_fake = torch.randint(0, self.cfg.num_classes, (n,), device=self.device) if self.cfg.num_classes else None
@@ -569,7 +580,7 @@ class Trainer:
         spectral.power_iteration(self.D)  # fp32, outside autocast
         self.opt_d.zero_grad(set_to_none=True)
         k, out = len(reals), {}
-        for i, ctx in self.micro_batches(k, self.w.ddp_d):
+        for i, ctx in micro_batches(k, self.w.ddp_d):
             x, y = reals[i]
             if self.opts.flip:
                 x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
@@ -598,7 +609,7 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         k, total = self.opts.accum, torch.zeros((), device=self.device)
-        for _, ctx in self.micro_batches(k, self.w.ddp_g):
+        for _, ctx in micro_batches(k, self.w.ddp_g):
             with ctx:
                 with self.autocast():
                     fake, y_fake = self.generate(self.opts.batch_size)
@@ -633,7 +644,7 @@ class Trainer:
         with nothing recorded, when a stop signal arrives (a resume then evaluates this step). Rank 0 only."""
         kimg = self.step * self.global_batch * self.opts.n_dis / 1000
         try:
-            with progress.abortable(lambda: self.stop_signal is not None):
+            with progress.abortable(lambda: self.stops.signal is not None):
                 return self.metrics.evaluate(self.evaluator, self.G_eval, self.opts.eval_samples, self.step, kimg,
                                              self.train_seconds, f"{self.opts.version} step {self.step}", writer, self.save)
         except progress.Interrupted as e:
@@ -642,7 +653,7 @@ class Trainer:
 
     def eval_due(self) -> bool:
         """A scheduled evaluation (every --eval_step and the last step): on rank 0, with an evaluator, no stop signal."""
-        return self.dist.is_main and self.stop_signal is None and self.evaluator is not None and self.due(self.opts.eval_step)
+        return self.dist.is_main and self.stops.signal is None and self.evaluator is not None and self.due(self.opts.eval_step)
 
     def sample(self, writer: "SummaryWriter | None" = None) -> Path:
         """The fixed-noise grid (samples/<step>_fake.png) and the attention figures, also to TensorBoard."""
@@ -683,7 +694,7 @@ class Trainer:
             try:  # the loader's workers start inside: they inherit the handlers, then ignore the signals
                 stop = self.loop(self.batches(), writer, bar)
             except CheckpointError as e:
-                e.during_stop = self.stop_signal is not None  # main.py then exits 3, as for any stop
+                e.during_stop = self.stops.signal is not None  # main.py then exits 3, as for any stop
                 raise
         bar.close()
         if writer:
@@ -696,14 +707,14 @@ class Trainer:
                 saved = f"saved {self.last_saved}"
             else:
                 saved = "no step was trained, nothing new to save"
-            raise Preempted(f"{who}received {self.stop_signal or 'a stop signal on another rank'} at step {self.step}: "
+            raise Preempted(f"{who}received {self.stops.signal or 'a stop signal on another rank'} at step {self.step}: "
                             f"{saved}; resume with --pretrained_model latest")
 
     def loop(self, batches: Iterator[tuple[Tensor, Tensor]], writer: "SummaryWriter | None", bar: object) -> bool:
         """The steps with their logs, samples, evaluations and saves; returns whether a stop signal ended them."""
         o, main = self.opts, self.dist.is_main
         first, t_last, step_last, last_step_saved, stop = self.step + 1, time.perf_counter(), self.step, self.step, False
-        while self.step < o.total_step and not (stop := distributed.any_rank(self.dist, [self.stop_signal is not None])[0]):
+        while self.step < o.total_step and not (stop := distributed.any_rank(self.dist, [self.stops.signal is not None])[0]):
             t_step = time.perf_counter()
             logs = self.iteration(batches)
             self.train_seconds += time.perf_counter() - t_step  # data and optimizer steps, not sampling or evaluation
@@ -715,11 +726,11 @@ class Trainer:
                 line, vals = log_line(self.step, o.total_step, logs, s_per_step, self.global_batch * o.n_dis, self.G, self.D,
                                       lrs, writer if main else None)
                 if main:
-                    self.report(line, vals, bar)
+                    self.bad_warned = report(line, vals, bar, self.loader, self.bad_warned)
                 finite = all(np.isfinite(v) for v in vals.values()) and not nonfinite(self.models())
                 if distributed.any_rank(self.dist, [not finite])[0]:
-                    raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {self.resume_hint()}")
-            if main and self.stop_signal is None and self.due(o.sample_step):  # no new phase after a stop signal
+                    raise FloatingPointError(f"non-finite loss or weights at step {self.step} ({line}). {resume_hint(self.last_saved)}")
+            if main and self.stops.signal is None and self.due(o.sample_step):  # no new phase after a stop signal
                 self.sample(writer)
             if self.eval_due():
                 self.evaluate(writer)
@@ -729,14 +740,3 @@ class Trainer:
         if last_step_saved != self.step:  # a stop between scheduled saves: save here, still under the handlers
             self.save()
         return stop
-
-    def report(self, line: str, vals: dict[str, float], bar: object) -> None:
-        """The log line (or the progress bar's losses on a terminal), and a warning when unreadable images appear."""
-        if sys.stderr.isatty():
-            bar.set_postfix_str(f"d {vals['loss/d']:.3f} g {vals['loss/g']:.3f}")
-        else:
-            print(line, flush=True)
-        warning = check_bad_files(self.loader.dataset) if self.loader is not None else None
-        if warning and warning != self.bad_warned:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-            self.bad_warned = warning

@@ -179,7 +179,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(workd
     def signalled(self: Trainer, batches: object) -> dict:
         out = real(self, batches)
         if self.step == 3:
-            self.stop_signal = "SIGTERM"
+            self.stops.signal = "SIGTERM"
         return out
 
     monkeypatch.setattr(Trainer, "iteration", signalled)

@@ -69,7 +69,7 @@ VARIANTS: list[tuple[str, str]] = [
 
 
 # Fashion-MNIST: (name, flags on top of --preset fmnist_32 and FMNIST_BASE). The second is the base itself (the SAGAN
-# default). FMNIST_BASE keeps the settings the ablation was measured with (README, "The Fashion-MNIST ablation"):
+# default). FMNIST_BASE keeps the settings the ablation was measured with (docs/ablations.md):
 # the first version of fmnist_32 (G width 16, one D step); its EMA and halving start after the ablation's 600 steps.
 FMNIST_BASE = ["--g_conv_dim", "16", "--n_dis", "1", "--lr_decay_step", "2500", "--ema_start", "2500"]
 FMNIST_VARIANTS: list[tuple[str, str]] = [
@@ -93,7 +93,7 @@ FMNIST_PANELS: list[tuple[str, list[str]]] = [
     ("spectral norm on G and TTUR (Figure 3)",
      [FMNIST_BASELINE, "no SN on G", "equal rates 4e-4", "equal rates 1.6e-3, n_dis 5"]),
 ]
-FMNIST_STEPS = 600  # 10 variants x 3 seeds: 2.0 h measured on 2 CPU cores (README, "The Fashion-MNIST ablation")
+FMNIST_STEPS = 600  # 10 variants x 3 seeds: 2.0 h measured on 2 CPU cores (docs/ablations.md)
 METRICS = (("cls_acc", "class accuracy", "{:.1%}"), ("ind_acc", "independent class accuracy", "{:.1%}"),
            ("gan_train_acc", "GAN-train accuracy", "{:.1%}"), ("fid_cls", "classifier FD", "{:.1f}"),
            ("ind_fd", "independent FD", "{:.1f}"))
@@ -299,7 +299,8 @@ def run_variant(name: str, flags: str, steps: int, out: Path, seed: int) -> dict
     return {"variant": name, "flags": flags, "version": version, "minutes": round(minutes, 1), "gammas": attention_gammas(G), "G": G}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """ablation.py's own flags; the rest are main.py's, added to every run (fashion_mnist)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", type=str, default="shapes", choices=["shapes", "fashion_mnist"])
     p.add_argument("--steps", type=int, default=None, help="steps per run (shapes: 1800; fashion_mnist: FMNIST_STEPS)")
@@ -311,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="fashion_mnist: print the variants and their parameter counts")
     p.add_argument("--report_only", action="store_true", help="fashion_mnist: write the report from the runs so far")
     p.add_argument("--out", type=str, default=None, help="output folder (default ablation, or ablation_fmnist)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     a, extra = p.parse_known_args(argv)
     if a.dataset == "fashion_mnist":
         a.steps = a.steps or FMNIST_STEPS

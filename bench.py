@@ -382,7 +382,8 @@ def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """bench.py's own flags; the rest are main.py's (the base configuration of every variant)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=True)
     p.add_argument("--compare", type=str, default=None, help="'name:flags|name:flags' variants on top of the base flags")
     p.add_argument("--warmup", type=int, default=2)
@@ -397,11 +398,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--acc_every", type=int, default=100, help="with --time_to_acc: steps between accuracy checks")
     p.add_argument("--acc_samples", type=int, default=1000, help="with --time_to_acc: samples per accuracy check")
     p.add_argument("--save_time", type=int, default=None, metavar="N",
-                   help="instead of timing iterations: write the model's full checkpoint N times (README, 'Preemption')")
+                   help="instead of timing iterations: write the model's full checkpoint N times (docs/training.md, 'Preemption')")
     p.add_argument("--make_jpegs", type=Path, default=None, metavar="FOLDER", help="write --n synthetic ImageNet-sized JPEGs here")
     p.add_argument("--n", type=int, default=2000, help="with --make_jpegs: how many")
     p.add_argument("--loader", type=Path, default=None, metavar="FOLDER", help="time the training loader over this image folder")
-    own, rest = p.parse_known_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, rest = build_parser().parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
     if own.make_jpegs:

@@ -5,7 +5,7 @@ MASTER_PORT for every process; `launch_env` reads and checks them (an inconsiste
 clear error line, not a hang in `init_process_group`), and `init` starts the process group. Without
 torchrun (or with WORLD_SIZE=1) everything here is a no-op, so the same code runs in one process.
 
-Conventions (documented in the README): `--batch_size` is per process; the global batch per optimizer
+Conventions (documented in docs/training.md): `--batch_size` is per process; the global batch per optimizer
 step is batch_size x accum x WORLD_SIZE, printed at start. Rank 0 alone writes files and logs.
 """
 

@@ -249,7 +249,7 @@ PY
         fetch "$MMGEN_BASE/$rel" "$dest"
         hash="${file##*-}"
         verify sha256 "$dest" "${SAGAN_MMGEN_SHA256-${hash%.pth}}"
-        echo "$name is in $DATA_DIR/checkpoints/$name/; convert it with: python convert.py $name --version $short --preset ... (README, 'Published checkpoints')"
+        echo "$name is in $DATA_DIR/checkpoints/$name/; convert it with: python convert.py $name --version $short --preset ... (docs/checkpoints.md)"
         ;;
     *)
         echo "download.sh: unknown dataset '$name'" >&2

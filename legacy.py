@@ -176,7 +176,7 @@ def _check_arch(cfg: ModelConfig, fmt: str) -> None:
     want = "dcgan" if fmt == "heykeetae" else "resnet"
     if cfg.arch != want:
         raise CheckpointError(f"{fmt} checkpoints hold the {want} layout, but the flags build --arch {cfg.arch}; "
-                              f"use the matching --preset (see README, 'Published checkpoints')")
+                              f"use the matching --preset (see docs/checkpoints.md)")
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ def apply_table(table: list[Entry], source: dict[str, Tensor], target: dict[str,
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{what} does not fit the model the flags build ({'; '.join(problems)}); "
-                              f"pass the flags of the run that wrote it (see README, 'Published checkpoints')")
+                              f"pass the flags of the run that wrote it (see docs/checkpoints.md)")
     return Mapped(state, origin)
 
 

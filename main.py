@@ -217,7 +217,7 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
     try:
         trainer = Trainer(train_options(args), cfg, loader, evaluator, env, stops)
         fresh = args.pretrained_model == "latest" and not step_numbers(trainer.run["models"])
-        if fresh:  # one command line for the first submission and every requeue (README, "Preemption")
+        if fresh:  # one command line for the first submission and every requeue (docs/training.md, "Preemption")
             say(f"--pretrained_model latest: no checkpoint in {trainer.run['models']} yet; starting at step 0", flush=True)
         elif args.pretrained_model:
             path = trainer.load(args.pretrained_model)

@@ -20,7 +20,7 @@ short for a training codebase:
   pixels of 16 images) and this module's protocol version; torch-fidelity's own cache key ignores
   the weights file and the sample count.
 
-Protocol (README "Evaluation" compares it with the official code, StudioGAN and MMGeneration):
+Protocol (docs/evaluation.md compares it with the official code, StudioGAN and MMGeneration):
 - Images are quantised to uint8 exactly as a PNG written by torchvision's `save_image` would hold
   them, round(127.5 x + 127.5) clamped to [0, 255], so scoring a folder of written samples and
   scoring the generator directly agree.

@@ -145,7 +145,7 @@ def positive_step(v: str) -> int:
 
 
 # Named presets: flag values of published runs (sources in ../shared/reference/sagan-reference.md,
-# section (b), and the README's "Reproducing the papers"). `global_batch` is the batch per optimizer
+# section (b), and docs/reproducing.md). `global_batch` is the batch per optimizer
 # step over all processes; unless --batch_size is given, batch_size = global_batch / (processes x accum).
 _MM_CIFAR = dict(dataset="cifar10", imsize=32, arch="resnet", num_classes=-1, global_batch=64, g_lr=2e-4, d_lr=2e-4,
                  beta1=0.5, beta2=0.999, n_dis=5, total_step=100_000, flip=True, init="ortho", cbn_sn=True, bn_eps=1e-4)
@@ -188,7 +188,7 @@ PRESETS: dict[str, dict] = {
     # The non-local fork's span-3 run. Its span also applies to D's 4x4 map, where it masks every key of
     # every query (the fork then silently averages uniformly); we refuse that layer, so D attends at 8 only.
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
-    # Fashion-MNIST on 2 CPU cores in 30 minutes, both classifiers' training included (README, "Real data";
+    # Fashion-MNIST on 2 CPU cores in 30 minutes, both classifiers' training included (README, "The Fashion-MNIST result";
     # BENCHMARKS.md, "fmnist_32"): a narrower G (12) against D (16) and two D steps per G step, which keep
     # the classes apart and the samples varied within them; the rates halved and an EMA G from step 1,250.
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
@@ -196,7 +196,7 @@ PRESETS: dict[str, dict] = {
     # The same recipe for 2,500 steps (about 40 minutes on 2 CPU cores)
     "fmnist_32_long": dict(_FMNIST, total_step=2500, lr_decay_step=1750, ema_start=1750, eval_step=500, model_save_step=500,
                            sample_step=500),
-    # The README's first line
+    # The README's first command
     "demo": dict(dataset="shapes", imsize=32, g_conv_dim=8, d_conv_dim=16, global_batch=16, num_workers=0, version="shapes_demo",
                  total_step=3600, sample_step=600),
 }
@@ -224,33 +224,45 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        description="Train or sample SAGAN (Zhang et al., ICML 2019).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train or sample SAGAN (Zhang et al., ICML 2019). Flags by topic, each with its default; "
+                    "docs/training.md explains them.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", type=str, default=None, choices=sorted(PRESETS),
-                   help="a published run's settings (see README, 'Reproducing the papers'); explicit flags override it")
+                   help="a published run's settings (docs/reproducing.md); explicit flags override it")
     a = p.add_argument_group("model")
-    a.add_argument("--model", type=str, default="sagan", choices=["sagan"])
-    a.add_argument("--arch", type=str, default="resnet", choices=ARCHS)
-    a.add_argument("--imsize", type=int, default=64, choices=IMSIZES)
-    a.add_argument("--z_dim", type=int, default=128)
-    a.add_argument("--g_conv_dim", type=int, default=64)
-    a.add_argument("--d_conv_dim", type=int, default=64)
+    a.add_argument("--model", type=str, default="sagan", choices=["sagan"], help="accepted for heykeetae compatibility; SAGAN is the model")
+    a.add_argument("--arch", type=str, default="resnet", choices=ARCHS,
+                   help="resnet: the paper's and the official code's blocks; dcgan: heykeetae's port's conv stack")
+    a.add_argument("--imsize", type=int, default=64, choices=IMSIZES, help="image size in pixels (the architecture table of sagan_models.py)")
+    a.add_argument("--z_dim", type=int, default=128, help="latent size")
+    a.add_argument("--g_conv_dim", type=int, default=64, help="G width: channels of its last block (the paper's ch)")
+    a.add_argument("--d_conv_dim", type=int, default=64, help="D width: channels of its first block")
     a.add_argument("--g_num", type=int, default=5, help="accepted for heykeetae compatibility; it had no effect there either")
     a.add_argument("--g_attn", type=resolutions, default=None, metavar="RES[,RES]|none",
                    help="G feature resolutions with attention (default: per image size)")
     a.add_argument("--d_attn", type=resolutions, default=None, metavar="RES[,RES]|none",
                    help="D feature resolutions with attention (default: per image size)")
-    a.add_argument("--attn_variant", type=str, default="official", choices=ATTN_VARIANTS)
+    a.add_argument("--attn_variant", type=str, default="official", choices=ATTN_VARIANTS,
+                   help="official: keys and values max-pooled 2x2, C/8 and C/2 channels (the official code); paper: Eq. 1-3 as written")
     a.add_argument("--attn_block", type=str, default="attention", choices=ATTN_BLOCKS,
                    help="residual: a parameter-matched residual block at the attention resolutions (the paper's Table 1 control)")
     a.add_argument("--span", type=int, default=0, help="non-local span: each query ignores keys within this Chebyshev distance (0: plain SAGAN)")
     a.add_argument("--num_classes", type=int, default=-1, help="-1: from the dataset; 0: unconditional")
     a.add_argument("--g_sn", type=str2bool, default=True, help="spectral norm on G (D always has it)")
     a.add_argument("--cbn_sn", type=str2bool, default=False, help="spectral norm on G's conditional-BN tables (StudioGAN)")
-    a.add_argument("--init", type=str, default="xavier", choices=INITS)
+    a.add_argument("--init", type=str, default="xavier", choices=INITS, help="weight initialisation (official: xavier; StudioGAN: ortho)")
     a.add_argument("--bn_eps", type=float, default=1e-5, help="batch-norm eps in G (official/BigGAN 1e-5; StudioGAN/MMGeneration 1e-4)")
     a.add_argument("--sn_eps", type=float, default=1e-12, help="spectral-norm eps")
     a.add_argument("--d_relu_shortcut", type=str2bool, default=False,
@@ -261,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dcgan: ConvTranspose spectral-norm matrix, 1 = (out, in*k*k) as torch, 0 = (in, out*k*k) as heykeetae")
 
     t = p.add_argument_group("training")
-    t.add_argument("--adv_loss", type=str, default="hinge", choices=LOSSES)
-    t.add_argument("--lambda_gp", type=float, default=10.0)
+    t.add_argument("--adv_loss", type=str, default="hinge", choices=LOSSES, help="adversarial loss (the paper: hinge)")
+    t.add_argument("--lambda_gp", type=float, default=10.0, help="gradient-penalty weight with --adv_loss wgan-gp")
     t.add_argument("--version", type=str, default="sagan_1", help="run name: folders <path>/<version>/")
     t.add_argument("--total_step", type=positive_step, default=1_000_000, help="generator steps")
     t.add_argument("--d_iters", "--n_dis", dest="n_dis", type=positive_step, default=1, help="D steps per G step")
@@ -270,15 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num_workers", type=workers_value, default=None,
                    help="loader worker processes (default auto: 0 for in-memory datasets, else the usable CPUs per local "
                         "process, at most 16)")
-    t.add_argument("--g_lr", type=float, default=1e-4)
-    t.add_argument("--d_lr", type=float, default=4e-4)
+    t.add_argument("--g_lr", type=float, default=1e-4, help="G learning rate (TTUR: the paper's 1e-4)")
+    t.add_argument("--d_lr", type=float, default=4e-4, help="D learning rate (TTUR: the paper's 4e-4)")
     t.add_argument("--lr_decay", type=float, default=1.0, help="multiply both learning rates by this every --lr_decay_step steps")
-    t.add_argument("--lr_decay_step", type=positive_step, default=10_000)
-    t.add_argument("--beta1", type=float, default=0.0)
-    t.add_argument("--beta2", type=float, default=0.999)
+    t.add_argument("--lr_decay_step", type=positive_step, default=10_000, help="steps between learning-rate decays (see --lr_decay)")
+    t.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (the paper: 0)")
+    t.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (the official code: 0.999; the paper: 0.9)")
     t.add_argument("--adam_eps", type=float, default=1e-8, help="Adam eps (torch, official, MMGeneration 1e-8; StudioGAN 1e-6)")
     t.add_argument("--flip", type=str2bool, default=False, help="random horizontal flips of real images")
-    t.add_argument("--seed", type=seed_value, default=0)
+    t.add_argument("--seed", type=seed_value, default=0, help="seed of the models' initialisation, the data order and the noise")
     t.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")
 
@@ -287,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches of --batch_size per optimizer step (global batch = batch_size x accum x processes)")
     s.add_argument("--sync_bn", type=str2bool, default=False, help="under torchrun on CUDA: batch-norm statistics over all processes")
     s.add_argument("--ema", type=str2bool, default=False, help="keep an EMA generator; samples, attention maps and metrics use it")
-    s.add_argument("--ema_decay", type=fraction, default=0.9999)
+    s.add_argument("--ema_decay", type=fraction, default=0.9999, help="EMA decay per G step")
     s.add_argument("--ema_start", type=non_negative, default=2000, help="steps before which the EMA generator is a copy of G")
     s.add_argument("--standing_stats", type=non_negative, default=0, metavar="N",
                    help="before sampling and evaluation, recompute the sampling G's batch-norm statistics over N batches of "
@@ -310,23 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
 
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", type=str, default="shapes", choices=[*DATASETS, *ALIASES])
+    d.add_argument("--dataset", type=str, default="shapes", choices=[*DATASETS, *ALIASES],
+                   help="; ".join(f"{name}: {info.what}" for name, info in DATASETS.items()) + " (data_loader.DATASETS)")
     d.add_argument("--image_path", type=str, default="./data", help="root folder of the datasets")
     d.add_argument("--data_dir", type=str, default=None, help="explicit dataset folder (overrides the layout under --image_path)")
-    d.add_argument("--lsun_category", type=str, default="church_outdoor")
+    d.add_argument("--lsun_category", type=str, default="church_outdoor", help="with --dataset lsun: the scene category")
     d.add_argument("--full_decode", type=str2bool, default=False, nargs="?", const=True,
                    help="decode every JPEG at full size (default: large JPEGs are decoded at reduced size, then resized)")
     d.add_argument("--max_images", type=non_negative, default=0, help="use only the first N images of the dataset (0: all)")
 
     o = p.add_argument_group("output")
-    o.add_argument("--use_tensorboard", type=str2bool, default=True)
-    o.add_argument("--log_path", type=str, default="./logs")
-    o.add_argument("--model_save_path", type=str, default="./models")
-    o.add_argument("--sample_path", type=str, default="./samples")
-    o.add_argument("--attn_path", type=str, default="./attn")
-    o.add_argument("--log_step", type=positive_step, default=10)
-    o.add_argument("--sample_step", type=positive_step, default=100)
-    o.add_argument("--model_save_step", type=positive_step, default=1000)
+    o.add_argument("--use_tensorboard", type=str2bool, default=True, help="write losses, samples and metrics to TensorBoard under --log_path")
+    o.add_argument("--log_path", type=str, default="./logs", help="TensorBoard event files go to <log_path>/<version>/")
+    o.add_argument("--model_save_path", type=str, default="./models",
+                   help="checkpoints, metrics.jsonl and training_options.json go to <model_save_path>/<version>/")
+    o.add_argument("--sample_path", type=str, default="./samples", help="sample grids go to <sample_path>/<version>/")
+    o.add_argument("--attn_path", type=str, default="./attn", help="attention figures go to <attn_path>/<version>/")
+    o.add_argument("--log_step", type=positive_step, default=10, help="print and log the losses every K steps")
+    o.add_argument("--sample_step", type=positive_step, default=100, help="write a sample grid and attention figures every K steps")
+    o.add_argument("--model_save_step", type=positive_step, default=1000, help="save a checkpoint every K steps (and at the last step)")
     o.add_argument("--keep_last", type=non_negative, default=0, help="keep only the newest K step checkpoints (0: all; best_* are always kept)")
 
     v = p.add_argument_group("visualisation (visualize.py)")
@@ -338,11 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--interp_rows", type=positive_step, default=4, help="with --train false: seed pairs in the interpolation grid")
 
     e = p.add_argument_group("evaluation (metrics.py)")
-    e.add_argument("--eval_step", type=non_negative, default=0, help="IS/FID/KID every K steps during training (0: off)")
+    e.add_argument("--eval_step", type=non_negative, default=0, help="evaluate every K steps during training, Inception or classifier metrics by --eval_metric (0: off)")
     e.add_argument("--eval_samples", type=positive, default=None,
                    help="generated samples per evaluation (training: 10000 when unset); with --train false, evaluate the checkpoint")
     e.add_argument("--eval_ref_samples", type=non_negative, default=50_000, help="real training images in the reference set (0: all)")
-    e.add_argument("--eval_batch_size", type=positive_step, default=64)
+    e.add_argument("--eval_batch_size", type=positive_step, default=64, help="batch size of sampling and of the metric networks")
     e.add_argument("--eval_metric", type=str, default="auto", choices=("auto", "inception", "classifier"),
                    help="inception: IS/FID/KID/PR; classifier: cls_acc/gan_train_acc/fid_cls from a classifier trained on the "
                         "real labelled images (shapes, fashion_mnist); auto: inception when its weights are found, else classifier")
@@ -352,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval_dir", type=str, default=None, help="with --train false: score the images in this folder instead of a checkpoint")
     e.add_argument("--eval_json", type=str, default=None, help="where --train false writes the evaluation JSON (default: next to the checkpoint or folder)")
     e.add_argument("--sample_dir", type=str, default=None, help="with --train false: write --sample_num generated PNGs here")
-    e.add_argument("--sample_num", type=positive_step, default=10_000)
+    e.add_argument("--sample_num", type=positive_step, default=10_000, help="with --sample_dir: how many PNGs")
     return p
 
 
@@ -399,7 +413,7 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.dataset = ALIASES.get(args.dataset, args.dataset)
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
-                f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (README, 'Many GPUs')")
+                f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (docs/training.md, 'Many GPUs')")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:
         p.error(f"argument --eval_samples: expected a number >= {MIN_EVAL_SAMPLES} (IS uses 10 splits, and the classifier metric "
                 f"needs 10 samples), got {args.eval_samples}")

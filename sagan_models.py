@@ -59,7 +59,7 @@ for QK^T and the softmax (fp16 QK^T of large activations overflows to inf, then 
 kernels accumulate in fp32. Conditional BN casts its fp32 class gains to the activation's dtype, so a
 block's output keeps the autocast dtype.
 
-Deliberate deviations from the official code (the README's "differences from the references" lists
+Deliberate deviations from the official code (docs/reproducing.md, "Differences from the references", lists
 them too):
 1. Conditional BN gain is parameterised as 1 + delta(y), as in StudioGAN and BigGAN-PyTorch. With the
    official ("xavier") init delta starts at 0, which equals the official gamma table starting at 1.

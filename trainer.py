@@ -355,7 +355,7 @@ class StopRecorder:
             self.old = {}
 
 
-# Saves of checkpoints at least this large are announced, with the time they took (README, "Preemption").
+# Saves of checkpoints at least this large are announced, with the time they took (docs/training.md, "Preemption").
 REPORT_SAVE_BYTES = 100 * 2**20
 
 

@@ -169,8 +169,8 @@ def test_mmgen_checkpoint_download_then_convert(tmp_path: Path, server: tuple[st
 
     names = _mmgen_names()
     assert len(names) == 19 and all(re.search(r"-[0-9a-f]{8}\.pth$", rel) for rel in names.values())
-    readme = (SCRIPT.parent / "README.md").read_text()
-    assert all(f"mmgen_{n}" in readme for n in names), "every downloadable checkpoint is in the README table"
+    table = (SCRIPT.parent / "docs" / "checkpoints.md").read_text()
+    assert all(f"mmgen_{n}" in table for n in names), "every downloadable checkpoint is in the docs' table"
     url, served = server
     rel = names["sagan_cifar10_32_woinplace_fid"]
     (served / rel).parent.mkdir(parents=True)

@@ -4,15 +4,10 @@ Every dataset yields (image, label): a float tensor (3, imsize, imsize) in [-1, 
 label (0 for unlabelled data). `build_dataset` returns the dataset and its number of classes (0 when
 unlabelled). Random flips are applied per batch by the trainer (`--flip`), not here.
 
-| name       | on disk (under --image_path, default ./data)                     | preprocessing                         | labels |
-|------------|------------------------------------------------------------------|---------------------------------------|--------|
-| `shapes`   | nothing: generated (seeded, identical on every machine)          | drawn at 4x, downsampled (Lanczos)    | 4      |
-| `celeb`    | `CelebA/**` (heykeetae's layout) or `celeba/img_align_celeba/`   | centre crop 160, resize (heykeetae)   | none   |
-| `lsun`     | `<category>_train_lmdb/` (the LSUN lmdb export)                  | resize short side, centre crop        | none   |
-| `cifar10`  | `cifar-10-batches-py/data_batch_{1..5}` (python pickles)         | resize if imsize != 32                | 10     |
-| `fashion_mnist` | the four idx files (gz or raw): `--data_dir`, `fashion-mnist/`, or `/usr/share/datasets/fashion-mnist/` (Debian's package) | 32 px: 2 px of zero padding; else resize; grey copied to 3 channels | 10 |
-| `imagenet` | `imagenet/train/<wnid>/*.JPEG` (ImageFolder)                     | centre crop of the long edge, resize  | per folder |
-| `folder`   | `--data_dir`: images, or one sub-folder of images per class      | centre crop of the long edge, resize  | per sub-folder, or none |
+The datasets are the entries of `DATASETS`, the one registry (name -> builder, number of classes,
+held-out split for the classifier metric, `download.sh` name, what the images are); parameter.py,
+main.py, bench.py and the error messages read it. Where each is read from and how it is preprocessed:
+docs/training.md, "Datasets".
 
 A missing or empty dataset raises `DatasetError` with one line: what was looked for, where, and the
 `download.sh` command that fetches it.
@@ -569,17 +564,18 @@ def _celeb(spec: DataSpec) -> Dataset:
             return ImageFiles(check_image_files(files, c), None, T.Compose([T.CenterCrop(160), T.Resize(spec.imsize), *_normalise()]))
     hint = "".join(no_images_hint(c) for c in candidates)
     raise DatasetError(f"CelebA not found: no images under {' and '.join(str(c) for c in candidates)}{hint}; fetch it with: "
-                       f"bash download.sh CelebA")
+                       f"bash download.sh {DATASETS['celeb'].download}")
 
 
 def _lsun(spec: DataSpec) -> Dataset:
     cat = spec.lsun_category
     db = spec.folder or spec.root / f"{cat}_train_lmdb"
     if not (db / "data.mdb").is_file():
-        raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: bash download.sh LSUN {cat}")
+        raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: "
+                           f"bash download.sh {DATASETS['lsun'].download} {cat}")
     ds = LSUN(db, T.Compose([T.Resize(spec.imsize), T.CenterCrop(spec.imsize), *_normalise()]), spec.draft)
     if len(ds) == 0:
-        raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh LSUN {cat}")
+        raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh {DATASETS['lsun'].download} {cat}")
     return ds
 
 
@@ -587,7 +583,7 @@ def _cifar10(spec: DataSpec) -> Dataset:
     folder = spec.folder or spec.root / "cifar-10-batches-py"
     missing = [f"data_batch_{k}" for k in range(1, 6) if not (folder / f"data_batch_{k}").is_file()]
     if missing:
-        raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh cifar10")
+        raise DatasetError(f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}; fetch it with: bash download.sh {DATASETS['cifar10'].download}")
     return CIFAR10(folder, spec.imsize)
 
 

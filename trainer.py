@@ -419,11 +419,9 @@ class Trainer:
         self.D = Discriminator(self.cfg).to(self.device)
         if opts.sync_bn and self.dist.enabled:
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
-        adam = dict(betas=(opts.beta1, opts.beta2), eps=opts.adam_eps)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opts.g_lr, **adam)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opts.d_lr, **adam)
-        self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, opts.lr_decay_step, opts.lr_decay)
-        self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, opts.lr_decay_step, opts.lr_decay)
+        self.opt_g, self.opt_d = (torch.optim.Adam(m.parameters(), lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.adam_eps)
+                                  for m, lr in ((self.G, opts.g_lr), (self.D, opts.d_lr)))
+        self.sched_g, self.sched_d = (torch.optim.lr_scheduler.StepLR(o, opts.lr_decay_step, opts.lr_decay) for o in (self.opt_g, self.opt_d))
         self.d_loss_fn, self.g_loss_fn = LOSSES[opts.adv_loss]
         self.step = 0
         self.epoch, self.batch_in_epoch = 0, 0  # data position: batches of this process consumed in the epoch
@@ -575,10 +573,22 @@ class Trainer:
         y_fake = torch.randint(0, self.cfg.num_classes, (n,), device=self.device) if self.cfg.num_classes else None
         return self.w.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
 
+    def fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """n detached fakes and their labels, for a D update."""
+        with torch.no_grad(), self.autocast():
+            return self.generate(n)
+
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-        """One D update from --accum micro-batches of real images (each loss divided by their number)."""
+        """One D update from --accum micro-batches of real images."""
         spectral.power_iteration(self.D)  # fp32, outside autocast
         self.opt_d.zero_grad(set_to_none=True)
+        out = self.d_backward(reals)
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
+        return out
+
+    def d_backward(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """Accumulate D's gradients over the micro-batches `reals` (each loss divided by their number)."""
         k, out = len(reals), {}
         for i, ctx in micro_batches(k, self.w.ddp_d):
             x, y = reals[i]
@@ -586,8 +596,7 @@ class Trainer:
                 x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
             x = x.contiguous(memory_format=self.memory_format)
             y_real = y if self.cfg.num_classes else None
-            with torch.no_grad(), self.autocast():
-                fake, y_fake = self.generate(x.shape[0])
+            fake, y_fake = self.fakes(x.shape[0])
             with ctx:
                 with self.autocast():
                     d_real, d_fake = self.w.d_train(x, y_real).float(), self.w.d_train(fake, y_fake).float()
@@ -599,8 +608,6 @@ class Trainer:
                 self.scaler.scale(loss / k).backward()
             for name, v in parts.items():
                 out[name] = out.get(name, 0) + v.detach() / k
-        self.scaler.step(self.opt_d)
-        self.scaler.update()
         return out
 
     def g_step(self) -> dict[str, Tensor]:

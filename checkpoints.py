@@ -15,6 +15,7 @@ The references' formats (StudioGAN, MMGeneration/mmagic, heykeetae) are read by 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from durable import write_durably, write_text
-from sagan_models import Generator, ModelConfig
+from sagan_models import Discriminator, Generator, ModelConfig
 
 CHECKPOINT_FORMAT = 1
 
@@ -295,11 +296,80 @@ class LoadedGenerator:
     source: dict | None  # a converted checkpoint's origin
 
 
-def load_generator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedGenerator:
-    """The generator of a run folder (`<model_save_path>/<version>`) for sampling, with no Trainer, optimizer
-    or dataset: `which` is 'latest', a step or a best checkpoint; the EMA weights when saved."""
+# ----------------------------------------------------------------------------------------------
+# Exported folders (export.py): model.safetensors and config.json, the layout the Hugging Face Hub expects
+
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
+HUB_PREFIX = "hf://"
+
+
+def is_export(ref: str | Path) -> bool:
+    """Whether `ref` names an exported folder or a Hub repository rather than a checkpoint of a run folder."""
+    return str(ref).startswith(HUB_PREFIX) or (Path(ref) / EXPORT_WEIGHTS).is_file()
+
+
+def hub_folder(ref: str) -> Path:
+    """hf://USER/REPO[/SUBFOLDER][@REVISION] -> the local folder holding its model.safetensors and config.json,
+    fetched by huggingface_hub (cached; the only step that needs the network)."""
+    spec, _, revision = ref[len(HUB_PREFIX):].partition("@")
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2:
+        raise CheckpointError(f"{ref}: a Hub model is named hf://USER/REPO (optionally /SUBFOLDER and @REVISION)")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        from huggingface_hub import hf_hub_download
+
+        files = [hf_hub_download(repo, f"{sub}/{name}" if sub else name, revision=revision or None)
+                 for name in (EXPORT_CONFIG, EXPORT_WEIGHTS)]
+    except ImportError as e:
+        raise CheckpointError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from e
+    except Exception as e:  # noqa: BLE001 - no network, no such repository or file: one line
+        raise CheckpointError(f"could not fetch {ref} from the Hugging Face Hub: {str(e).splitlines()[0]}") from e
+    return Path(files[-1]).parent
+
+
+def load_export(folder: Path) -> dict:
+    """An exported folder as a checkpoint dict of ours (weights, config, flags, step; no optimizer states).
+    The weights are read by safetensors, which runs no code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, config = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
+    try:
+        meta = json.loads(config.read_text())
+        tensors = load_file(str(weights))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{folder} is not a complete export ({EXPORT_WEIGHTS} and {EXPORT_CONFIG}): "
+                              f"{str(e).splitlines()[0]}; export it again with export.py") from e
+    if meta.get("format") != "sagan-export" or "model_config" not in meta:
+        raise CheckpointError(f"{config} was not written by export.py (no sagan-export format and model_config)")
+    parts: dict[str, dict] = {"G": {}, "D": {}, "G_ema": {}}
+    for key, t in tensors.items():
+        part, _, name = key.partition(".")
+        if part not in parts:
+            raise CheckpointError(f"{weights} holds {key!r}, which is not a G, G_ema or D tensor; export it again")
+        parts[part][name] = t
+    return {"format": CHECKPOINT_FORMAT, "step": int(meta.get("step", 0)), "model_config": meta["model_config"],
+            "args": meta.get("flags", {}), "G": parts["G"], "D": parts["D"], "G_ema": parts["G_ema"] or None,
+            "source": meta.get("source"), "export": str(folder)}
+
+
+def open_weights(folder: str | Path, which: str = "latest") -> tuple[Path, dict]:
+    """(file, checkpoint dict) for `which` in a run folder, or for an exported folder or hf:// repository named by
+    `which` or by `folder` itself."""
+    ref = which if is_export(which) else folder
+    if is_export(ref):
+        local = hub_folder(str(ref)) if str(ref).startswith(HUB_PREFIX) else Path(ref)
+        return local / EXPORT_WEIGHTS, load_export(local)
     path = checkpoint_path(Path(folder), str(which))
-    ckpt = load_checkpoint(path)
+    return path, load_checkpoint(path)
+
+
+def load_generator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator for sampling, with no Trainer, optimizer or dataset, from a run folder
+    (`<model_save_path>/<version>`; `which` is 'latest', a step or a best checkpoint), an exported folder, or
+    a Hub repository (hf://USER/REPO): the EMA weights when saved."""
+    path, ckpt = open_weights(folder, str(which))
     cfg = ModelConfig.from_dict(ckpt["model_config"]).resolved()
     G = Generator(cfg)
     load_part(path, "G", G, ckpt["G"])
@@ -308,3 +378,11 @@ def load_generator(folder: str | Path, which: str = "latest", device: str | torc
         load_part(path, "G_ema", G, ckpt["G_ema"])
     return LoadedGenerator(G.to(device).eval().requires_grad_(False), cfg, int(ckpt["step"]), path, ema,
                            ckpt.get("args", {}), ckpt.get("source"))
+
+
+def load_discriminator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> nn.Module:
+    """D of a run folder, an exported folder or a Hub repository, in eval mode, without gradients."""
+    path, ckpt = open_weights(folder, str(which))
+    D = Discriminator(ModelConfig.from_dict(ckpt["model_config"]).resolved())
+    load_part(path, "D", D, ckpt["D"])
+    return D.to(device).eval().requires_grad_(False)

@@ -32,7 +32,7 @@ from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, re
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
 import visualize
 from sagan_models import Discriminator, Generator, count_params, standing_stats
-from checkpoints import CheckpointError, RunLock, check_writable, load_generator, step_numbers
+from checkpoints import CheckpointError, RunLock, check_writable, is_export, load_generator, step_numbers
 from trainer import Preempted, StopRecorder, Trainer, seed_everything
 
 
@@ -224,7 +224,9 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
             if trainer.step > args.total_step:
                 raise ValueError(f"{path} is at step {trainer.step}, beyond --total_step {args.total_step}; pass a larger "
                                  f"--total_step to train on, or --train false to sample from it")
-            say(f"resumed from {path} at step {trainer.step}", flush=True)
+            how = "fine-tuning the export" if is_export(args.pretrained_model) else "resumed from"
+            say(f"{how} {path} at step {trainer.step}{' (its weights; the optimizers start fresh)' if is_export(args.pretrained_model) else ''}",
+                flush=True)
         say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
             f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)

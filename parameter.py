@@ -65,6 +65,8 @@ def optional_step(v: str) -> str | None:
         return None
     if s.lower() in ("latest", *NAMED_CHECKPOINTS) or s.isdigit():
         return s.lower()
+    if s.startswith("hf://") or (Path(s) / "model.safetensors").is_file():
+        return s  # an exported folder (export.py) or a Hugging Face Hub repository: its weights, fresh optimizers
     path = Path(s)
     if path.is_dir() or "/" in s or path.suffix == ".pt":
         # A path: say which flags name it (checkpoints live in <model_save_path>/<version>/<which>.pt).
@@ -317,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--compile", type=str2bool, default=False, help="torch.compile the training-mode G and D")
 
     m = p.add_argument_group("run")
-    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc' or 'best_fid_cls'")
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc' or 'best_fid_cls'; or an "
+                        "exported folder or hf://USER/REPO (export.py) to sample from or fine-tune (its weights; fresh optimizers)")
     m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest), write a sample grid, and evaluate or write samples if asked")
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")
 

@@ -86,7 +86,7 @@ import copy
 import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -616,6 +616,27 @@ class Generator(nn.Module):
             h = self.conv_out(h)
         img = torch.tanh(h)  # (B, 3, imsize, imsize)
         return (img, maps) if return_attn else img
+
+    @torch.no_grad()
+    def generate(self, n: int, labels: int | Sequence[int] | Tensor | None = None, seed: int = 0,
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+        """n images (n, 3, imsize, imsize) in `value_range` ((0, 1), or (-1, 1) as G draws them), drawn in eval
+        mode from z ~ N(0, I) of a CPU generator seeded with `seed` (the same images on every device).
+        `labels`: None (uniform over the classes, from the same seed, for a conditional G), one class for
+        all, or one per image."""
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.cfg.z_dim, generator=g)
+        y = None
+        if self.cfg.num_classes:
+            y = (torch.randint(0, self.cfg.num_classes, (n,), generator=g) if labels is None else
+                 torch.as_tensor(labels, dtype=torch.long).expand(n) if torch.as_tensor(labels).ndim == 0 else
+                 torch.as_tensor(labels, dtype=torch.long))
+        elif labels is not None:
+            raise ValueError("this generator is unconditional: pass labels=None")
+        device = next(self.parameters()).device
+        img = sample(self, z.to(device), y.to(device) if y is not None else None)
+        low, high = value_range
+        return (img + 1) * (high - low) / 2 + low
 
 
 class Discriminator(nn.Module):

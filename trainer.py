@@ -47,8 +47,7 @@ import distributed
 import progress
 import spectral
 import visualize
-from checkpoints import (CHECKPOINT_FORMAT, CheckpointError, check_same_model, checkpoint_path, load_checkpoint, load_part, prune,
-                         write_checkpoint)
+from checkpoints import CHECKPOINT_FORMAT, CheckpointError, check_same_model, load_part, open_weights, prune, write_checkpoint
 from data_loader import check_bad_files
 from distributed import DistEnv
 from durable import write_json
@@ -521,8 +520,7 @@ class Trainer:
         return path
 
     def load(self, which: str, restore_training: bool = True) -> Path:
-        path = checkpoint_path(self.run["models"], which)
-        ckpt = load_checkpoint(path)
+        path, ckpt = open_weights(self.run["models"], which)  # a step, latest, best_*, or an export (weights only)
         check_same_model(ckpt["model_config"], self.cfg, path)
         load_part(path, "G", self.G, ckpt["G"])
         load_part(path, "D", self.D, ckpt["D"])
@@ -537,7 +535,7 @@ class Trainer:
             load_part(path, "G_ema", self.ema.model, ckpt["G_ema"])
         elif self.ema is not None:
             self.ema.model.load_state_dict(self.G.state_dict())  # --ema added on resume: start from G
-        if not restore_training:
+        if not restore_training or "export" in ckpt:
             return path
         for obj, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d"), (self.sched_g, "sched_g"), (self.sched_d, "sched_d")):
             obj.load_state_dict(ckpt[key])

@@ -621,17 +621,20 @@ class DatasetInfo:
     data_dir: str  # what --data_dir names for it
     download: str | None = None  # the `bash download.sh` argument that fetches it
     test_split: Callable[[DataSpec], Dataset] | None = None  # held out for the classifier metric (classifier.py)
+    class_names: tuple[str, ...] = ()  # label -> name, where the dataset names its classes
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "shapes": DatasetInfo(_shapes, 4, "generated coloured shapes on noise (seeded, identical on every machine)", "nothing (generated)",
-                          test_split=lambda spec: Shapes(spec.imsize, size=2000, seed=SHAPES_SEED + 1)),  # other seed: other images
+                          test_split=lambda spec: Shapes(spec.imsize, size=2000, seed=SHAPES_SEED + 1),  # other seed: other images
+                          class_names=SHAPE_CLASSES),
     "celeb": DatasetInfo(_celeb, 0, "CelebA faces", "the folder of the images", "CelebA"),
     "lsun": DatasetInfo(_lsun, 0, "one LSUN scene category (--lsun_category)", "the lmdb folder of the LSUN category", "LSUN"),
-    "cifar10": DatasetInfo(_cifar10, 10, "CIFAR-10", "the cifar-10-batches-py folder", "cifar10"),
+    "cifar10": DatasetInfo(_cifar10, 10, "CIFAR-10", "the cifar-10-batches-py folder", "cifar10",
+                           class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
     "fashion_mnist": DatasetInfo(lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "train"), 10,
                                  "Fashion-MNIST clothing (grey)", "the folder of the four idx files", "fashion_mnist",
-                                 test_split=lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "test")),
+                                 test_split=lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "test"), class_names=FMNIST_CLASSES),
     "imagenet": DatasetInfo(_imagenet, 1000, "ImageNet ILSVRC2012 train", "the folder of the class folders"),
     "folder": DatasetInfo(_folder, None, "your own images, flat or one sub-folder per class", "the folder of the images"),
 }

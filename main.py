@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import distributed
-from durable import write_json
+from durable import write_json, write_text
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import (DatasetError, build_dataset, build_test_split, class_folders, classifier_datasets, close_loader, dataset_info,
                          get_loader, workers_for)
@@ -32,7 +32,8 @@ from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, re
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
 import visualize
 from sagan_models import Discriminator, Generator, count_params, standing_stats
-from checkpoints import CheckpointError, RunLock, check_writable, is_export, load_generator, step_numbers
+from checkpoints import (CheckpointError, LoadedGenerator, RunLock, check_writable, is_export, load_discriminator, load_generator,
+                         step_numbers)
 from trainer import Preempted, StopRecorder, Trainer, seed_everything
 
 
@@ -133,6 +134,9 @@ def sample(args: Namespace) -> int:
     origin = f", converted from {loaded.source['format']}" if loaded.source else ""
     print(f"loaded {path} (step {step}{origin}; sampling {'the EMA generator' if loaded.ema else 'G'}); wrote {out}")
     written = visualize.attention_snapshot(G, z, y, args.attn_samples, args.attn_points, run["attn"], str(step))
+    if args.attn_html:
+        written.append(write_explorer(G, load_discriminator(run["models"], args.pretrained_model or "latest", device), loaded,
+                                      run["attn"] / f"{step}_explorer.html", args))
     for p in written + look_inside(G, step, run["samples"], args):
         print(f"wrote {p}")
     if args.sample_dir:
@@ -152,6 +156,23 @@ def sample(args: Namespace) -> int:
             visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed).save(figure)
             print(f"wrote {figure}")
     return 0
+
+
+def write_explorer(G: nn.Module, D: nn.Module, loaded: LoadedGenerator, path: Path, args: Namespace) -> Path:
+    """The attention explorer (explorer.py): --attn_samples samples (at least 1) per class of --classes (default up
+    to 4 classes spread evenly), or of an unconditional G, with D's attention on the same samples."""
+    import explorer
+
+    k, cfg = max(args.attn_samples, 1), loaded.config
+    classes = parse_classes(args.classes, cfg.num_classes) if args.classes else visualize.class_rows(cfg.num_classes, 4)
+    g = torch.Generator().manual_seed(args.seed + 2)
+    z = torch.randn(k * max(len(classes), 1) if cfg.num_classes else k, cfg.z_dim, generator=g).to(next(G.parameters()).device)
+    y = torch.tensor(classes).repeat_interleave(k).to(z.device) if cfg.num_classes else None
+    names = list(dataset_info(loaded.flags.get("dataset", "folder")).class_names)
+    data = explorer.explorer_data(G, D, z, y, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, explorer.explorer_html(data, f"{args.version}, step {loaded.step}: attention explorer"))
+    return path
 
 
 def parse_classes(spec: str | None, num_classes: int) -> list[int]:

@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--classes", type=str, default=None, metavar="C,C", help="with --train false: rows of the class grid (default: all, at most 16)")
     v.add_argument("--interp_steps", type=positive_step, default=8, help="with --train false: columns of the interpolation grid")
     v.add_argument("--interp_rows", type=positive_step, default=4, help="with --train false: seed pairs in the interpolation grid")
+    v.add_argument("--attn_html", type=str2bool, default=False,
+                   help="with --train false: write attn/<version>/<step>_explorer.html, where pointing at any pixel of a sample shows "
+                        "every attention layer's weights (explorer.py); --attn_samples per class of --classes (default: up to 4)")
 
     e = p.add_argument_group("evaluation (metrics.py)")
     e.add_argument("--eval_step", type=non_negative, default=0, help="evaluate every K steps during training, Inception or classifier metrics by --eval_metric (0: off)")

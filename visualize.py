@@ -23,6 +23,7 @@ scaled or resampled. The choices above (per-panel max scaling, nearest upsamplin
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -262,63 +263,37 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def line_plot(series: dict[str, tuple[list[float], list[float], list[float], list[float]]], title: str, ylabel: str,
               size: tuple[int, int] = (900, 560), colours: dict[str, tuple[int, int, int]] | None = None,
               y_range: tuple[float, float] | None = None) -> Image.Image:
-    """A line plot drawn with PIL: `series` maps a name to (x, mean, low, high); each is drawn as its mean
-    line over a translucent low-high band, with a legend. `colours` fixes a colour per name (so that one
-    variant keeps its colour across panels; PALETTE in order otherwise), `y_range` the values the y axis
-    covers (the data's span otherwise, so that panels can share one axis), with 5% room either side.
-    Ticks at round values."""
-    width, height = size
-    font, small = _font(14), _font(12)
-    left, right, top, bottom = 70, 260, 52, 50
+    """A matplotlib line plot as a PIL image: `series` maps a name to (x, mean, low, high); each is drawn as its
+    mean line with markers over a translucent low-high band, with the legend outside the axes on the right.
+    `colours` fixes a colour per name (so that one variant keeps its colour across panels; PALETTE in order
+    otherwise), `y_range` the values the y axis covers (the data's span otherwise, so that panels can share
+    one axis), with 5% room either side. `size` is in pixels (100 dpi)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    from matplotlib.figure import Figure
+
     colours = colours or {}
-    colour_of = {name: colours.get(name, PALETTE[k % len(PALETTE)]) for k, name in enumerate(series)}
-    xs = [x for s in series.values() for x in s[0]]
-    ys = [y for s in series.values() for part in s[1:] for y in part]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    ax = fig.add_axes((0.08, 0.12, 0.62, 0.76))
+    for k, (name, (x, mean, low, high)) in enumerate(series.items()):
+        colour = tuple(c / 255 for c in colours.get(name, PALETTE[k % len(PALETTE)]))
+        if len(x) > 1:
+            ax.fill_between(x, low, high, color=colour, alpha=0.16, linewidth=0)
+        ax.plot(x, mean, color=colour, linewidth=2, marker="o", markersize=4, label=name)
+    ys = [v for s in series.values() for part in s[1:] for v in part]
     y0, y1 = y_range or (min(ys), max(ys))
-    y1 = y1 if y1 > y0 else y0 + 1
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (width - left - right), top + (y1 - y) / (y1 - y0) * (height - top - bottom))
-
-    img = Image.new("RGBA", size, (255, 255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
-    step = 10 ** math.floor(math.log10((y1 - y0) / 4)) if y1 > y0 else 1
-    step *= 5 if (y1 - y0) / step > 20 else 2 if (y1 - y0) / step > 8 else 1
-    t = math.ceil(y0 / step) * step
-    while t <= y1:
-        _, yy = px(x0, t)
-        draw.line([left - 4, yy, width - right, yy], fill=(225, 225, 225))
-        draw.text((8, yy - 7), f"{t:g}", fill=(0, 0, 0), font=small)
-        t += step
-    for x in sorted(set(xs)):
-        xx, _ = px(x, y0)
-        draw.line([xx, height - bottom, xx, height - bottom + 4], fill=(0, 0, 0))
-        draw.text((xx - 12, height - bottom + 8), f"{x:g}", fill=(0, 0, 0), font=small)
-    draw.text((left, 8), title, fill=(0, 0, 0), font=font)
-    draw.text((width - right - 40, height - 22), "step", fill=(0, 0, 0), font=small)
-    draw.text((8, top - 18), ylabel, fill=(0, 0, 0), font=small)
-    for name, (x, _, low, high) in series.items():  # every band first, so that no band covers a line
-        if len(x) > 1:
-            band = Image.new("RGBA", size, (0, 0, 0, 0))
-            polygon = [px(a, b) for a, b in zip(x, high)] + [px(a, b) for a, b in zip(x[::-1], low[::-1])]
-            ImageDraw.Draw(band).polygon(polygon, fill=(*colour_of[name], 40))
-            img = Image.alpha_composite(img, band)
-    draw = ImageDraw.Draw(img)
-    for k, (name, (x, mean, _, _)) in enumerate(series.items()):
-        colour = colour_of[name]
-        if len(x) > 1:
-            draw.line([px(a, b) for a, b in zip(x, mean)], fill=colour, width=2)
-        for a, b in zip(x, mean):
-            cx, cy = px(a, b)
-            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-        ly = top + 20 * k
-        draw.line([width - right + 10, ly + 7, width - right + 30, ly + 7], fill=colour, width=3)
-        draw.text((width - right + 36, ly), name, fill=(0, 0, 0), font=small)
-    return img.convert("RGB")
+    pad = 0.05 * (y1 - y0 if y1 > y0 else 1)
+    ax.set_ylim(y0 - pad, y1 + pad)
+    ax.set_xticks(sorted({v for s in series.values() for v in s[0]}))
+    ax.grid(axis="y", color="0.88")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def _titled_canvas(width: int, height: int, title: str) -> tuple[Image.Image, int]:

@@ -9,9 +9,11 @@ source files, their SHA-256 and the format are recorded in the checkpoint (`sour
 `training_options.json`.
 
 SOURCE is one file (MMGeneration/mmagic), the G, D (and G_ema) files (StudioGAN, heykeetae), a
-folder holding them, or the name of a file that `bash download.sh mmgen_<name>` fetched. The format is detected from each file's structure; `--from` insists on one.
+folder holding them, the name of what `bash download.sh mmgen_<name>` or `studiogan_<name>` fetched, or
+a file or StudioGAN run folder on the Hugging Face Hub, `hf://Mingguksky/PyTorch-StudioGAN/<path>`
+(fetched by huggingface_hub). The format is detected from each file's structure; `--from` insists on one.
 The model comes from the flags (a preset and overrides); every tensor goes through the key tables in
-`checkpoints.py`, and a file that does not fit the model is refused with one line that lists the
+`legacy.py`, and a file that does not fit the model is refused with one line that lists the
 missing, unexpected and mis-shaped keys. Adam states are carried over when the source has them and
 every parameter maps to exactly one of the source's; otherwise they start fresh (and this says so).
 
@@ -52,24 +54,57 @@ def convert_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_argv(argv: Sequence[str]) -> tuple[list[Path], Namespace, list[str]]:
+def split_argv(argv: Sequence[str]) -> tuple[list[str], Namespace, list[str]]:
     """(sources, convert's own flags, main.py's flags): sources are the leading non-flag words."""
     argv = list(argv)
     n = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
     own, rest = convert_parser().parse_known_args(argv[n:])
-    return [Path(a) for a in argv[:n]], own, rest
+    return argv[:n], own, rest
 
 
-def resolve_sources(sources: list[Path], image_path: str) -> list[Path]:
-    """A source that is no path but a download.sh name (mmgen_<name>) is its folder under <data>/checkpoints/."""
-    out = []
+# StudioGAN's files on the Hugging Face Hub: the best G, D (and G_ema) of a run folder
+STUDIOGAN_FILE = re.compile(r"model=(G|D|G_ema)-best-weights-step=\d+\.pth$")
+
+
+def hub_files(ref: str) -> list[Path]:
+    """hf://USER/REPO/PATH[@REVISION] -> local copies of the file PATH, or of the best G, D and G_ema files of
+    the StudioGAN run folder PATH (huggingface_hub's cache; the network is needed once)."""
+    spec, _, revision = ref[len("hf://"):].partition("@")
+    parts = spec.strip("/").split("/")
+    if len(parts) < 3:
+        raise CheckpointError(f"{ref}: name a file or a run folder in the repository, hf://USER/REPO/PATH")
+    repo, path = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+
+        names = [path] if path.endswith((".pth", ".pt")) else sorted(
+            e.path for e in HfApi().list_repo_tree(repo, path_in_repo=path, revision=revision or None)
+            if STUDIOGAN_FILE.search(e.path))
+        if not names:
+            raise CheckpointError(f"{ref} holds no model=G/D/G_ema-best-weights-step=N.pth files; name the files")
+        return [Path(hf_hub_download(repo, name, revision=revision or None)) for name in names]
+    except ImportError as e:
+        raise CheckpointError("hf:// sources need huggingface_hub: pip install huggingface_hub") from e
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - no network, no such repository or file: one line
+        raise CheckpointError(f"could not fetch {ref} from the Hugging Face Hub: {str(e).splitlines()[0]}") from e
+
+
+def resolve_sources(sources: Sequence[str], image_path: str) -> list[Path]:
+    """Sources as local files or folders: a download.sh name (mmgen_<name>, studiogan_<name>) is its folder
+    under <data>/checkpoints/; an hf:// name is fetched from the Hugging Face Hub."""
+    out: list[Path] = []
     for s in sources:
-        if not s.exists() and re.fullmatch(r"mmgen_\w+", str(s)):
-            folder = Path(os.environ.get("SAGAN_DATA_DIR", image_path)) / "checkpoints" / str(s)
-            if not folder.is_dir():
-                raise CheckpointError(f"{s} is not downloaded ({folder} does not exist); run: bash download.sh {s}")
-            s = folder
-        out.append(s)
+        if s.startswith("hf://"):
+            out += hub_files(s)
+            continue
+        path = Path(s)
+        if not path.exists() and re.fullmatch(r"(mmgen|studiogan)_\w+", s):
+            path = Path(os.environ.get("SAGAN_DATA_DIR", image_path)) / "checkpoints" / s
+            if not path.is_dir():
+                raise CheckpointError(f"{s} is not downloaded ({path} does not exist); run: bash download.sh {s}")
+        out.append(path)
     return out
 
 

@@ -24,7 +24,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | fashion_mnist | inception | mmgen_<name>   (into \${SAGAN_DATA_DIR:-./data})" >&2
+    echo "usage: bash download.sh CelebA | LSUN [category] | cifar10 | fashion_mnist | inception | mmgen_<name> | studiogan_<name>   (into \${SAGAN_DATA_DIR:-./data})" >&2
     exit 2
 }
 
@@ -73,6 +73,13 @@ sngan_proj_imagenet_128_winplace_is sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4
 sngan_proj_imagenet_128_winplace_fid sngan_proj/sngan_proj_imagenet1k_128_Glr2e-4_Dlr5e-5_ndisc5_b128x2_wReLUinplace_fid-iter988000_20210730_132401-9a682411.pth
 sngan_proj_cifar10_32_studiogan sngan_proj/sngan_cifar10_convert-studio-rgb_20210709_111346-2979202d.pth
 sngan_proj_imagenet_128_studiogan sngan_proj/sngan_imagenet1k_convert-studio-rgb_20210709_111406-877b1130.pth
+"
+# StudioGAN's own files on the Hugging Face Hub (Mingguksky/PyTorch-StudioGAN, linked from StudioGAN's README):
+# name, run folder, step of the best checkpoint. StudioGAN publishes no checksums; convert.py checks every tensor.
+STUDIOGAN_BASE="${SAGAN_STUDIOGAN_BASE:-https://huggingface.co/Mingguksky/PyTorch-StudioGAN/resolve/main}"
+STUDIOGAN_FILES="
+sagan_imagenet_128 studiogan_official_ckpt/ImageNet_tailored/ImageNet-SAGAN-256-train-2022_03_12_17_11_43 120000
+sngan_imagenet_128 studiogan_official_ckpt/ImageNet_tailored/ImageNet-SNGAN-256-train-2022_03_06_03_53_44 472000
 "
 
 die() {
@@ -250,6 +257,24 @@ PY
         hash="${file##*-}"
         verify sha256 "$dest" "${SAGAN_MMGEN_SHA256-${hash%.pth}}"
         echo "$name is in $DATA_DIR/checkpoints/$name/; convert it with: python convert.py $name --version $short --preset ... (docs/checkpoints.md)"
+        ;;
+    studiogan | studiogan_*)
+        [ $# -eq 1 ] || usage
+        row="$(printf '%s\n' "$STUDIOGAN_FILES" | awk -v n="${name#studiogan_}" '$1 == n { print $2, $3 }')"
+        if [ "$name" = studiogan ] || [ -z "$row" ]; then
+            [ "$name" = studiogan ] || echo "download.sh: unknown checkpoint '$name'" >&2
+            echo "StudioGAN checkpoints from the Hugging Face Hub (bash download.sh studiogan_<name>):" >&2
+            printf '%s\n' "$STUDIOGAN_FILES" | awk 'NF { print "  studiogan_" $1 }' >&2
+            exit 2
+        fi
+        folder="${row% *}"
+        step="${row##* }"
+        for role in G D; do
+            file="model=$role-best-weights-step=$step.pth"
+            fetch "$STUDIOGAN_BASE/$folder/$file" "$DATA_DIR/checkpoints/$name/$file"
+        done
+        echo "$name is in $DATA_DIR/checkpoints/$name/ (StudioGAN publishes no checksums; convert.py checks every tensor);" \
+             "convert it with: python convert.py $name --version $name and the flags docs/checkpoints.md gives for it"
         ;;
     *)
         echo "download.sh: unknown dataset '$name'" >&2

@@ -392,3 +392,22 @@ def test_an_empty_source_file_is_one_line(workdir: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is empty (0 bytes)" in err, err
     assert not Path("models/v").exists()
+
+
+def test_a_studiogan_run_folder_on_the_hub_converts(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf://USER/REPO/<run folder> lists the folder and fetches its best G, D and G_ema files (huggingface_hub's two
+    calls are replaced by the fixture files; every other line is the real path)."""
+    import huggingface_hub
+
+    src = DATA / "studiogan_cifar10_sagan_tiny"
+    folder = "studiogan_official_ckpt/CIFAR10_tailored/CIFAR10-SAGAN-train-x"
+    entries = [type("Entry", (), {"path": f"{folder}/{p.name}"})() for p in sorted(src.glob("*.pth"))]
+    entries.append(type("Entry", (), {"path": f"{folder}/model=G-current-weights-step=3.pth"})())  # not a best file
+    fetched = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", lambda self, repo, path_in_repo, revision=None: entries)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, revision=None: fetched.append((repo, name)) or str(src / Path(name).name))
+    assert convert.main([f"hf://Mingguksky/PyTorch-StudioGAN/{folder}", "--version", "hub", *SG_CIFAR]) == 0
+    assert sorted(n for _, n in fetched) == sorted(f"{folder}/{p.name}" for p in src.glob("*.pth"))
+    assert {r for r, _ in fetched} == {"Mingguksky/PyTorch-StudioGAN"}
+    assert load_checkpoint(Path("models/hub/2.pt"))["source"]["format"] == "studiogan"

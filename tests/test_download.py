@@ -231,3 +231,33 @@ def test_fashion_mnist_from_debian_checks_headers(tmp_path: Path) -> None:
     r = _run(tmp_path, "fashion_mnist", SAGAN_FMNIST_DEBIAN_DIR=str(deb))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "t10k-images-idx3-ubyte.gz is not the Fashion-MNIST file" in r.stderr and "10000" in r.stderr
+
+
+def test_studiogan_hub_download_then_convert(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bash download.sh studiogan_<name>` fetches the run's best G and D from the Hub's resolve URLs (served here
+    from a local stand-in holding StudioGAN's own tiny files under the real paths) where convert.py finds them."""
+    import convert
+
+    table = SCRIPT.read_text().split('STUDIOGAN_FILES="', 1)[1].split('"', 1)[0]
+    rows = {line.split()[0]: line.split()[1:] for line in table.strip().splitlines()}
+    assert set(rows) == {"sagan_imagenet_128", "sngan_imagenet_128"}
+    folder, step = rows["sagan_imagenet_128"]
+    assert folder.startswith("studiogan_official_ckpt/ImageNet_tailored/ImageNet-SAGAN-256-train-")
+    url, served = server
+    tiny = SCRIPT.parent / "tests/data/peer_checkpoints/studiogan_imagenet_sagan_tiny"
+    (served / folder).mkdir(parents=True)
+    for role in ("G", "D"):
+        (served / folder / f"model={role}-best-weights-step={step}.pth").write_bytes(
+            (tiny / f"model={role}-best-weights-step=2.pth").read_bytes())
+    r = _run(tmp_path, "studiogan_sagan_imagenet_128", SAGAN_STUDIOGAN_BASE=url)
+    assert r.returncode == 0, r.stderr
+    stored = tmp_path / "data/checkpoints/studiogan_sagan_imagenet_128"
+    assert sorted(p.name for p in stored.iterdir()) == [f"model=D-best-weights-step={step}.pth", f"model=G-best-weights-step={step}.pth"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAGAN_DATA_DIR", str(tmp_path / "data"))
+    assert convert.main(["studiogan_sagan_imagenet_128", "--version", "sg", "--preset", "studiogan_sagan_imagenet_128",
+                         "--g_conv_dim", "2", "--d_conv_dim", "2", "--z_dim", "32", "--g_attn", "32", "--d_attn", "16"]) == 0
+    (saved,) = (tmp_path / "models/sg").glob("*.pt")
+    assert torch.load(saved, weights_only=True)["source"]["format"] == "studiogan"
+    r = _run(tmp_path, "studiogan_nope")
+    assert r.returncode == 2 and "studiogan_sngan_imagenet_128" in r.stderr

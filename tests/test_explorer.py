@@ -36,9 +36,9 @@ def chromium() -> str:
 def test_pointing_at_two_pixels_shows_each_layers_attention_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     binary = chromium()
     monkeypatch.chdir(tmp_path)
-    assert main(shlex.split(FLAGS + " --total_step 30 --sample_step 30 --model_save_step 30")) == 0
+    assert main(shlex.split(FLAGS + " --total_step 4 --sample_step 4 --model_save_step 4")) == 0
     assert main(shlex.split(FLAGS + " --train false --attn_html true")) == 0
-    page = tmp_path / "attn" / "explore" / "30_explorer.html"
+    page = tmp_path / "attn" / "explore" / "4_explorer.html"
     html = page.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html) and "@import" not in html and "<link" not in html  # self-contained
     # The model's own attention for the page's first sample (class 0's first: --seed 0 + 2, 2 samples x 4 classes).

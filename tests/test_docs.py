@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,15 @@ import pytest
 import ablation
 import bench
 import convert
+import export
 from parameter import PRESETS, build_parser, get_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPORT_STAND_IN = Path(tempfile.mkdtemp(prefix="sagan-docs-")) / "exports" / "x"  # parse only: the file need not load
+EXPORT_STAND_IN.mkdir(parents=True)
+(EXPORT_STAND_IN / "model.safetensors").touch()
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
-SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py")
+SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py", "export.py")
 # Flags of the other programs the docs show (torchrun, pip, pytest, SLURM, tensorboard, apt, time).
 FOREIGN_FLAGS = {"--standalone", "--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint",
                  "--shutdown_timeout", "--logdir", "--signal", "--requeue", "--open-mode", "--reinstall", "--help"}
@@ -50,7 +55,7 @@ def command_lines() -> list[tuple[str, int, str]]:
             else:  # inline code that is a command line, not a mention of a file or a flag
                 candidates = [c for c in re.findall(r"`([^`]+)`", line) if re.match(r"(python|bash|torchrun|srun|nohup) ", c)]
             for c in candidates:
-                if re.search(r"\b(main|convert|ablation|bench)\.py\b|download\.sh\b", c):
+                if re.search(r"\b(main|convert|ablation|bench|export)\.py\b|download\.sh\b", c):
                     out.append((path.name, number, c))
             i += 1
     return out
@@ -61,6 +66,7 @@ def invocations(command: str) -> list[tuple[str, list[str]]]:
     command = command.split(" #", 1)[0]
     found = []
     command = re.sub(r"<[^<>]*\s[^<>]*>", " ", command)  # a placeholder of several words, e.g. <any main.py flags>
+    command = re.sub(r"\[[^\[\]]*\]", " ", command)  # optional parts, e.g. [--push_to_hub USER/REPO]
     for part in re.split(r"&&|;|\|\|", command):
         part = re.sub(r"\s\d?>>?\s*\S+|\s2>&1|\s&\s*$", " ", part)
         try:
@@ -83,6 +89,8 @@ def fill(argv: list[str]) -> list[str] | None:
             return None
         w = re.sub(r"<[^>]+>", "x", w)
         w = re.sub(r"\$\{?\w+\}?", "1", w)
+        if re.fullmatch(r"exports/\S+", w):  # an exported folder the docs name: one that exists, for the parser
+            w = str(EXPORT_STAND_IN)
         if w in PLACEHOLDERS:
             if PLACEHOLDERS[w] is not None:
                 out.append(PLACEHOLDERS[w])
@@ -97,8 +105,9 @@ def download_names() -> set[str]:
     names = set()
     for pattern in re.findall(r"^    ([A-Za-z0-9_| *-]+)\)$", block, flags=re.M):
         names.update(p.strip() for p in pattern.split("|") if "*" not in p)
-    table = script.split('MMGEN_FILES="', 1)[1].split('"', 1)[0]
-    names.update(f"mmgen_{line.split()[0]}" for line in table.strip().splitlines())
+    for prefix, table in (("mmgen", "MMGEN_FILES"), ("studiogan", "STUDIOGAN_FILES")):
+        rows = script.split(f'{table}="', 1)[1].split('"', 1)[0]
+        names.update(f"{prefix}_{line.split()[0]}" for line in rows.strip().splitlines())
     return names
 
 
@@ -114,6 +123,8 @@ def parses(script: str, argv: list[str]) -> None:
         get_parameters(ablation.build_parser().parse_known_args(argv)[1])
     elif script == "bench.py":
         get_parameters(bench.build_parser().parse_known_args(argv)[1])
+    elif script == "export.py":
+        export.build_parser().parse_args(argv)
     else:
         assert argv and argv[0] in download_names(), f"bash download.sh {argv[0] if argv else ''}: no such target"
 
@@ -143,7 +154,7 @@ def test_every_command_line_in_the_docs_parses(doc: str, number: int, command: s
 
 def known_flags() -> set[str]:
     flags = set(FOREIGN_FLAGS)
-    for parser in (build_parser(), convert.convert_parser(), ablation.build_parser(), bench.build_parser()):
+    for parser in (build_parser(), convert.convert_parser(), ablation.build_parser(), bench.build_parser(), export.build_parser()):
         flags.update(s for a in parser._actions for s in a.option_strings)
     return flags
 

@@ -110,8 +110,9 @@ def test_an_export_samples_and_fine_tunes_through_main(trained: Path, monkeypatc
                                                        capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(trained)
     out = str(trained / "exports" / "tiny")
-    assert main(shlex.split(FLAGS + f" --train false --version from_export --pretrained_model {out}")) == 0
+    assert main(shlex.split(FLAGS + f" --train false --version from_export --pretrained_model {out} --attn_samples 1")) == 0
     assert (trained / "samples" / "from_export" / "2_sample.png").is_file()
+    assert (trained / "attn" / "from_export" / "2_attn0.png").is_file()  # attention maps of the exported G
     assert main(shlex.split(FLAGS + f" --version tuned --total_step 4 --pretrained_model {out}")) == 0
     text = capsys.readouterr().out
     assert "fine-tuning the export" in text and "the optimizers start fresh" in text

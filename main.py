@@ -23,17 +23,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import distributed
-from durable import write_json, write_text
+import progress
+import visualize
+from checkpoints import (CheckpointError, LoadedGenerator, RunLock, check_writable, is_export, load_discriminator, load_generator,
+                         step_numbers)
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import (DatasetError, build_dataset, build_test_split, class_folders, classifier_datasets, close_loader, dataset_info,
                          get_loader, workers_for)
 from distributed import LaunchError, resolve_device
+from durable import write_json, write_text
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
-import visualize
 from sagan_models import Discriminator, Generator, count_params, standing_stats
-from checkpoints import (CheckpointError, LoadedGenerator, RunLock, check_writable, is_export, load_discriminator, load_generator,
-                         step_numbers)
 from trainer import Preempted, StopRecorder, Trainer, seed_everything
 
 
@@ -221,19 +222,25 @@ def train(args: Namespace) -> int:
 def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, say: Callable[..., None],
              stops: StopRecorder) -> int:
     """Build the data, the evaluator and the trainer, resume if asked, and train. A stop signal during the
-    building ends the run before its first step (exit 3), with nothing new to save."""
+    building ends the run before its first step (exit 3), with nothing new to save: a phase with progress
+    (scanning images, training the classifiers, reference statistics) is abandoned at its next update."""
 
-    def stop_before_training(phase: str) -> None:
+    def build(phase: str, make: Callable[[], object]) -> object:
+        try:
+            with progress.abortable(lambda: stops.signal is not None):
+                made = make()
+        except progress.Interrupted:
+            made = None
         if stops.signal:
             raise Preempted(f"received {stops.signal} while {phase}, before the first step: nothing new to save; "
                             f"run the same command again to start")
+        return made
 
-    dataset, classes = build_dataset(data_spec(args))
-    stop_before_training("reading the data")
+    dataset, classes = build("reading the data", lambda: build_dataset(data_spec(args)))
     cfg = model_config(args, resolve_num_classes(args, classes))
     loader = get_loader(dataset, device, args.batch_size, args.seed, args.num_workers, env.rank, env.world)
-    evaluator = build_evaluator(args, device, dataset) if args.eval_step and env.is_main else None
-    stop_before_training("building the evaluator")
+    wanted = args.eval_step and env.is_main
+    evaluator = build("building the evaluator", lambda: build_evaluator(args, device, dataset) if wanted else None)
     distributed.init(env, device)
     try:
         trainer = Trainer(train_options(args), cfg, loader, evaluator, env, stops)

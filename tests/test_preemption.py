@@ -439,6 +439,7 @@ def test_sigterm_while_the_evaluator_is_built_exits_3_with_one_line(workdir: Pat
     stopped = [ln for ln in err.splitlines() if ln.startswith("stopped:")]
     assert len(stopped) == 1 and "received SIGTERM while building the evaluator, before the first step" in stopped[0], err
     assert "Traceback" not in err and not list((workdir / "models/early").glob("*.pt"))
+    assert not list((workdir / "cache").rglob("*.pt"))  # the classifier's training was abandoned: no cache entry, whole or cut
 
 
 @pytest.mark.slow

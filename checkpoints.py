@@ -23,7 +23,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -308,24 +308,32 @@ def is_export(ref: str | Path) -> bool:
     return str(ref).startswith(HUB_PREFIX) or (Path(ref) / EXPORT_WEIGHTS).is_file()
 
 
-def hub_folder(ref: str) -> Path:
-    """hf://USER/REPO[/SUBFOLDER][@REVISION] -> the local folder holding its model.safetensors and config.json,
-    fetched by huggingface_hub (cached; the only step that needs the network)."""
+def from_hub(ref: str, names: Callable[[str, str, str | None], list[str]], form: str, min_parts: int = 2) -> list[Path]:
+    """Local copies (huggingface_hub's cache) of files of hf://USER/REPO[/PATH][@REVISION]: `names(repo, path,
+    revision)` says which files of the repository; a missing package, no network or no such file is one line."""
     spec, _, revision = ref[len(HUB_PREFIX):].partition("@")
     parts = spec.strip("/").split("/")
-    if len(parts) < 2:
-        raise CheckpointError(f"{ref}: a Hub model is named hf://USER/REPO (optionally /SUBFOLDER and @REVISION)")
-    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    if len(parts) < min_parts:
+        raise CheckpointError(f"{ref}: {form}")
+    repo, path, rev = "/".join(parts[:2]), "/".join(parts[2:]), revision or None
     try:
         from huggingface_hub import hf_hub_download
 
-        files = [hf_hub_download(repo, f"{sub}/{name}" if sub else name, revision=revision or None)
-                 for name in (EXPORT_CONFIG, EXPORT_WEIGHTS)]
+        return [Path(hf_hub_download(repo, name, revision=rev)) for name in names(repo, path, rev)]
     except ImportError as e:
-        raise CheckpointError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from e
+        raise CheckpointError("the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from e
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - no network, no such repository or file: one line
         raise CheckpointError(f"could not fetch {ref} from the Hugging Face Hub: {str(e).splitlines()[0]}") from e
-    return Path(files[-1]).parent
+
+
+def hub_folder(ref: str) -> Path:
+    """hf://USER/REPO[/SUBFOLDER][@REVISION] -> the local folder holding its model.safetensors and config.json
+    (the only step that needs the network)."""
+    files = from_hub(ref, lambda repo, sub, rev: [f"{sub}/{n}" if sub else n for n in (EXPORT_CONFIG, EXPORT_WEIGHTS)],
+                     "a Hub model is named hf://USER/REPO (optionally /SUBFOLDER and @REVISION)")
+    return files[-1].parent
 
 
 def load_export(folder: Path) -> dict:
@@ -365,11 +373,8 @@ def open_weights(folder: str | Path, which: str = "latest") -> tuple[Path, dict]
     return path, load_checkpoint(path)
 
 
-def load_generator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedGenerator:
-    """The generator for sampling, with no Trainer, optimizer or dataset, from a run folder
-    (`<model_save_path>/<version>`; `which` is 'latest', a step or a best checkpoint), an exported folder, or
-    a Hub repository (hf://USER/REPO): the EMA weights when saved."""
-    path, ckpt = open_weights(folder, str(which))
+def generator_from(path: Path, ckpt: dict, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The sampling G of a loaded checkpoint dict (`open_weights`): the EMA weights when saved."""
     cfg = ModelConfig.from_dict(ckpt["model_config"]).resolved()
     G = Generator(cfg)
     load_part(path, "G", G, ckpt["G"])
@@ -380,9 +385,20 @@ def load_generator(folder: str | Path, which: str = "latest", device: str | torc
                            ckpt.get("args", {}), ckpt.get("source"))
 
 
-def load_discriminator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> nn.Module:
-    """D of a run folder, an exported folder or a Hub repository, in eval mode, without gradients."""
-    path, ckpt = open_weights(folder, str(which))
+def discriminator_from(path: Path, ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """D of a loaded checkpoint dict, in eval mode, without gradients."""
     D = Discriminator(ModelConfig.from_dict(ckpt["model_config"]).resolved())
     load_part(path, "D", D, ckpt["D"])
     return D.to(device).eval().requires_grad_(False)
+
+
+def load_generator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator for sampling, with no Trainer, optimizer or dataset, from a run folder
+    (`<model_save_path>/<version>`; `which` is 'latest', a step or a best checkpoint), an exported folder, or
+    a Hub repository (hf://USER/REPO): the EMA weights when saved."""
+    return generator_from(*open_weights(folder, str(which)), device)
+
+
+def load_discriminator(folder: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> nn.Module:
+    """D of a run folder, an exported folder or a Hub repository, in eval mode, without gradients."""
+    return discriminator_from(*open_weights(folder, str(which)), device)

@@ -69,26 +69,19 @@ STUDIOGAN_FILE = re.compile(r"model=(G|D|G_ema)-best-weights-step=\d+\.pth$")
 def hub_files(ref: str) -> list[Path]:
     """hf://USER/REPO/PATH[@REVISION] -> local copies of the file PATH, or of the best G, D and G_ema files of
     the StudioGAN run folder PATH (huggingface_hub's cache; the network is needed once)."""
-    spec, _, revision = ref[len("hf://"):].partition("@")
-    parts = spec.strip("/").split("/")
-    if len(parts) < 3:
-        raise CheckpointError(f"{ref}: name a file or a run folder in the repository, hf://USER/REPO/PATH")
-    repo, path = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        from huggingface_hub import HfApi, hf_hub_download
 
-        names = [path] if path.endswith((".pth", ".pt")) else sorted(
-            e.path for e in HfApi().list_repo_tree(repo, path_in_repo=path, revision=revision or None)
-            if STUDIOGAN_FILE.search(e.path))
-        if not names:
+    def names(repo: str, path: str, revision: str | None) -> list[str]:
+        if path.endswith((".pth", ".pt")):
+            return [path]
+        from huggingface_hub import HfApi
+
+        found = sorted(e.path for e in HfApi().list_repo_tree(repo, path_in_repo=path, revision=revision)
+                       if STUDIOGAN_FILE.search(e.path))
+        if not found:
             raise CheckpointError(f"{ref} holds no model=G/D/G_ema-best-weights-step=N.pth files; name the files")
-        return [Path(hf_hub_download(repo, name, revision=revision or None)) for name in names]
-    except ImportError as e:
-        raise CheckpointError("hf:// sources need huggingface_hub: pip install huggingface_hub") from e
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 - no network, no such repository or file: one line
-        raise CheckpointError(f"could not fetch {ref} from the Hugging Face Hub: {str(e).splitlines()[0]}") from e
+        return found
+
+    return checkpoints.from_hub(ref, names, "name a file or a run folder in the repository, hf://USER/REPO/PATH", min_parts=3)
 
 
 def resolve_sources(sources: Sequence[str], image_path: str) -> list[Path]:

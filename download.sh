@@ -117,6 +117,20 @@ fetch() {
     mv "$dest.part" "$dest"
 }
 
+# table_row TABLE PREFIX NAME TITLE: the fields after NAME's entry (NAME without PREFIX_) in TABLE; the bare
+# PREFIX, or a name TABLE lacks, lists the table on stderr and fails (exit 2 for the caller).
+table_row() {
+    local table="$1" prefix="$2" name="$3" title="$4" row
+    row="$(printf '%s\n' "$table" | awk -v n="${name#"${prefix}"_}" '$1 == n { $1 = ""; sub(/^ /, ""); print }')"
+    if [ "$name" = "$prefix" ] || [ -z "$row" ]; then
+        [ "$name" = "$prefix" ] || echo "download.sh: unknown checkpoint '$name'" >&2
+        echo "$title (bash download.sh ${prefix}_<name>):" >&2
+        printf '%s\n' "$table" | awk -v p="$prefix" 'NF { print "  " p "_" $1 }' >&2
+        return 2
+    fi
+    printf '%s\n' "$row"
+}
+
 # verify ALGO FILE EXPECTED: the hex digest must start with EXPECTED (a full digest or a prefix);
 # skipped when EXPECTED is empty. A mismatching file is deleted.
 verify() {
@@ -244,13 +258,7 @@ PY
     mmgen | mmgen_*)
         [ $# -eq 1 ] || usage
         short="${name#mmgen_}"
-        rel="$(printf '%s\n' "$MMGEN_FILES" | awk -v n="$short" '$1 == n { print $2 }')"
-        if [ "$name" = mmgen ] || [ -z "$rel" ]; then
-            [ "$name" = mmgen ] || echo "download.sh: unknown checkpoint '$name'" >&2
-            echo "OpenMMLab checkpoints (bash download.sh mmgen_<name>):" >&2
-            printf '%s\n' "$MMGEN_FILES" | awk 'NF { print "  mmgen_" $1 }' >&2
-            exit 2
-        fi
+        rel="$(table_row "$MMGEN_FILES" mmgen "$name" "OpenMMLab checkpoints")" || exit 2
         file="${rel##*/}"
         dest="$DATA_DIR/checkpoints/$name/$file"
         fetch "$MMGEN_BASE/$rel" "$dest"
@@ -260,13 +268,7 @@ PY
         ;;
     studiogan | studiogan_*)
         [ $# -eq 1 ] || usage
-        row="$(printf '%s\n' "$STUDIOGAN_FILES" | awk -v n="${name#studiogan_}" '$1 == n { print $2, $3 }')"
-        if [ "$name" = studiogan ] || [ -z "$row" ]; then
-            [ "$name" = studiogan ] || echo "download.sh: unknown checkpoint '$name'" >&2
-            echo "StudioGAN checkpoints from the Hugging Face Hub (bash download.sh studiogan_<name>):" >&2
-            printf '%s\n' "$STUDIOGAN_FILES" | awk 'NF { print "  studiogan_" $1 }' >&2
-            exit 2
-        fi
+        row="$(table_row "$STUDIOGAN_FILES" studiogan "$name" "StudioGAN checkpoints from the Hugging Face Hub")" || exit 2
         folder="${row% *}"
         step="${row##* }"
         for role in G D; do

@@ -74,7 +74,7 @@ def training_command(flags: dict) -> str:
     parser = main_parser()
     defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
     defaults.update(PRESETS.get(flags.get("preset") or "", {}))
-    option = {a.dest: a.option_strings[-1] if a.dest != "n_dis" else "--n_dis" for a in parser._actions if a.option_strings}
+    option = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # --n_dis, not --d_iters
     words = ["python", "main.py"] + (["--preset", flags["preset"]] if flags.get("preset") else [])
     for dest, value in flags.items():
         if dest in option and dest != "preset" and value is not None and value != defaults.get(dest) and not (

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 import distributed
 import progress
 import visualize
-from checkpoints import (CheckpointError, LoadedGenerator, RunLock, check_writable, is_export, load_discriminator, load_generator,
-                         step_numbers)
+from checkpoints import (CheckpointError, LoadedGenerator, RunLock, check_writable, discriminator_from, generator_from, is_export,
+                         open_weights, step_numbers)
 from classifier import SEED as CLASSIFIER_SEED, ClassifierEvaluator
 from data_loader import (DatasetError, build_dataset, build_test_split, class_folders, classifier_datasets, close_loader, dataset_info,
                          get_loader, workers_for)
@@ -120,8 +120,11 @@ def sample(args: Namespace) -> int:
         return evaluate_folder(args)
     run = train_options(args).folders
     device = resolve_device(args.device)
-    loaded = load_generator(run["models"], args.pretrained_model or "latest", device)
-    G, step, path = loaded.G, loaded.step, loaded.path
+    path, ckpt = open_weights(run["models"], args.pretrained_model or "latest")  # read once, for G and (explorer) D
+    loaded = generator_from(path, ckpt, device)
+    D = discriminator_from(path, ckpt, device) if args.attn_html else None
+    del ckpt
+    G, step = loaded.G, loaded.step
     for k in TRAINING_DATA_FLAGS:
         if k in loaded.flags:
             setattr(args, k, loaded.flags[k])
@@ -135,9 +138,8 @@ def sample(args: Namespace) -> int:
     origin = f", converted from {loaded.source['format']}" if loaded.source else ""
     print(f"loaded {path} (step {step}{origin}; sampling {'the EMA generator' if loaded.ema else 'G'}); wrote {out}")
     written = visualize.attention_snapshot(G, z, y, args.attn_samples, args.attn_points, run["attn"], str(step))
-    if args.attn_html:
-        written.append(write_explorer(G, load_discriminator(run["models"], args.pretrained_model or "latest", device), loaded,
-                                      run["attn"] / f"{step}_explorer.html", args))
+    if D is not None:
+        written.append(write_explorer(G, D, loaded, run["attn"] / f"{step}_explorer.html", args))
     for p in written + look_inside(G, step, run["samples"], args):
         print(f"wrote {p}")
     if args.sample_dir:
@@ -252,9 +254,9 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
             if trainer.step > args.total_step:
                 raise ValueError(f"{path} is at step {trainer.step}, beyond --total_step {args.total_step}; pass a larger "
                                  f"--total_step to train on, or --train false to sample from it")
-            how = "fine-tuning the export" if is_export(args.pretrained_model) else "resumed from"
-            say(f"{how} {path} at step {trainer.step}{' (its weights; the optimizers start fresh)' if is_export(args.pretrained_model) else ''}",
-                flush=True)
+            export = is_export(args.pretrained_model)
+            how = "fine-tuning the export" if export else "resumed from"
+            say(f"{how} {path} at step {trainer.step}{' (its weights; the optimizers start fresh)' if export else ''}", flush=True)
         say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
             f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)

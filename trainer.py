@@ -6,6 +6,7 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   step, unlike heykeetae #48); one spectral-norm power iteration for D; loss = d_loss(D(x, y), D(G(z), y_fake))
   (+ lambda_gp * gradient penalty for WGAN-GP, in the same step and the same optimizer update).
 - G update: one power iteration for G; loss = g_loss(D(G(z), y_fake)); D's parameters are frozen.
+- `--diffaug`: D sees every image, real or fake, in both updates through DiffAugment (augment.py).
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
 Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+import augment
 import distributed
 import progress
 import spectral
@@ -92,6 +94,7 @@ class TrainOptions:
     ema_start: int
     standing_stats: int
     flip: bool
+    diffaug: str
     amp: str
     channels_last: bool
     attn_backend: str
@@ -435,6 +438,7 @@ class Trainer:
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
         self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.diffaug = augment.parse_policy(opts.diffaug)
         set_attention_backend(self.G, opts.attn_backend)
         # WGAN-GP differentiates D's input gradient again; the fused kernels have no double backward.
         set_attention_backend(self.D, "math" if opts.adv_loss == "wgan-gp" else opts.attn_backend)
@@ -576,6 +580,10 @@ class Trainer:
         with torch.no_grad(), self.autocast():
             return self.generate(n)
 
+    def augment(self, x: Tensor) -> Tensor:
+        """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
+        return augment.diff_augment(x, self.diffaug).contiguous(memory_format=self.memory_format) if self.diffaug else x
+
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One D update from --accum micro-batches of real images."""
         spectral.power_iteration(self.D)  # fp32, outside autocast
@@ -592,9 +600,10 @@ class Trainer:
             x, y = reals[i]
             if self.opts.flip:
                 x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
-            x = x.contiguous(memory_format=self.memory_format)
+            x = self.augment(x).contiguous(memory_format=self.memory_format)
             y_real = y if self.cfg.num_classes else None
             fake, y_fake = self.fakes(x.shape[0])
+            fake = self.augment(fake)
             with ctx:
                 with self.autocast():
                     d_real, d_fake = self.w.d_train(x, y_real).float(), self.w.d_train(fake, y_fake).float()
@@ -618,7 +627,7 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake = self.generate(self.opts.batch_size)
-                    loss = self.g_loss_fn(self.w.d_frozen(fake, y_fake).float())
+                    loss = self.g_loss_fn(self.w.d_frozen(self.augment(fake), y_fake).float())
                 self.scaler.scale(loss / k).backward()
             total = total + loss.detach() / k
         self.scaler.step(self.opt_g)

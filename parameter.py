@@ -200,8 +200,8 @@ PRESETS: dict[str, dict] = {
     # every query (the fork then silently averages uniformly); we refuse that layer, so D attends at 8 only.
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
     # Fashion-MNIST on 2 CPU cores in 30 minutes, both classifiers' training included (README, "The Fashion-MNIST result";
-    # BENCHMARKS.md, "fmnist_32"): a narrower G (12) against D (16) and two D steps per G step, which keep
-    # the classes apart and the samples varied within them; the rates halved and an EMA G from step 1,250.
+    # BENCHMARKS.md, "The second fmnist_32"): a narrower G (12) against D (16) and two D steps per G step, which
+    # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250.
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600),
     # The same recipe for 6,000 steps, the rates halved and the EMA G from step 4,000 (BENCHMARKS.md, "fmnist_32_long")

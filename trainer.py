@@ -325,7 +325,7 @@ class StopRecorder:
     recorded (`signal`), never acted on at a random point; the training loop reads it before each step,
     sample and evaluation phase. A second SIGINT stops at once (KeyboardInterrupt, which main.py turns into
     one line and exit 3), except while `busy` (a checkpoint being written). A context manager (re-entrant);
-    the previous handlers come back after."""
+    the previous handlers come back after (SIGTERM's only if no stop was recorded)."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -353,8 +353,15 @@ class StopRecorder:
         self.depth -= 1
         if self.depth == 0:
             for sig, h in self.old.items():
-                signal.signal(sig, h)
+                # Once a stop is recorded the run is on its way out: more SIGTERMs (a scheduler that repeats
+                # them) are swallowed until the process exits, so it still ends with exit 3, not killed by one
+                # of them. A Python no-op, not SIG_IGN, which child processes would inherit.
+                signal.signal(sig, _ignore if self.signal and sig == signal.SIGTERM else h)
             self.old = {}
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal handler that does nothing (see StopRecorder.__exit__)."""
 
 
 # Saves of checkpoints at least this large are announced, with the time they took (docs/training.md, "Preemption").

@@ -469,3 +469,23 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir: Path) -> None:
     assert last.startswith("stopped") and ("stopped at once by a second interrupt" in last or "received SIGINT" in last), err
     folder = workdir / "models/cc"
     assert load_checkpoint(checkpoint_path(folder, "latest"))["step"] >= 2  # the last complete checkpoint is intact
+
+
+def test_after_a_recorded_stop_a_late_sigterm_is_swallowed_not_fatal() -> None:
+    """A scheduler that repeats SIGTERM while the run exits must not turn exit 3 into death by signal."""
+    from trainer import StopRecorder
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with StopRecorder() as stops:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stops.signal == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # with the default handler back, this would kill the test process
+        assert callable(signal.getsignal(signal.SIGTERM)) and signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, before[0])
+        assert signal.getsignal(signal.SIGINT) == before[1]
+        found = signal.getsignal(signal.SIGTERM)
+        with StopRecorder():
+            assert signal.getsignal(signal.SIGTERM) != found
+        assert signal.getsignal(signal.SIGTERM) == found  # no stop recorded in this one: it restores what it found
+    finally:
+        signal.signal(signal.SIGTERM, before[0])

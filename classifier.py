@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metrics import (EvalError, _private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
+from metrics import (EvalError, private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
                      save_atomic, to_uint8)
 from progress import check_abort, track
 
@@ -148,7 +148,8 @@ def shift_and_flip(x: Tensor, g: torch.Generator) -> Tensor:
 
 def stack_uint8(dataset: Dataset, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """All images of a labelled dataset as uint8 (N, 3, S, S) (quantised as written PNGs are) and labels (N,)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        generator=torch.Generator())  # its iterator's base seed comes from here, not the global RNG
     xs, ys = zip(*((to_uint8(x), torch.as_tensor(y)) for x, y in loader))
     return torch.cat(xs), torch.cat(ys)
 
@@ -158,7 +159,7 @@ def fit(images: Tensor, labels: Tensor, num_classes: int, seed: int, device: tor
     """Train `recipe`'s classifier on uint8 images: `epochs` epochs of BATCH random images, at most
     `max_steps` Adam steps (seeded; the global RNGs are untouched); progress lines name it `what`."""
     steps = min(recipe.max_steps, -(-recipe.epochs * len(images) // BATCH))
-    with _private_rng(device):
+    with private_rng(device):
         torch.manual_seed(seed)
         net = recipe.make(num_classes).to(device)
         opt = torch.optim.Adam(net.parameters(), LR)

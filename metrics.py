@@ -96,7 +96,7 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _private_rng(device: torch.device) -> Iterator[None]:
+def private_rng(device: torch.device) -> Iterator[None]:
     """Run a block without disturbing the global torch RNGs (CPU and, if used, the CUDA device)."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
@@ -117,7 +117,7 @@ class Inception:
         self.sha256 = file_sha256(weights)
         self.path = weights
         self.official = self.sha256.startswith(WEIGHTS_SHA256_PREFIX)
-        with _private_rng(device):  # layer construction draws random initial weights
+        with private_rng(device):  # layer construction draws random initial weights
             try:
                 net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                   feature_extractor_weights_path=str(weights))

@@ -53,7 +53,7 @@ from checkpoints import CHECKPOINT_FORMAT, CheckpointError, check_same_model, lo
 from data_loader import check_bad_files
 from distributed import DistEnv
 from durable import write_json
-from metrics import MetricsLog
+from metrics import MetricsLog, private_rng
 from progress import duration
 from sagan_models import Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, set_attention_backend, standing_stats
 
@@ -665,7 +665,7 @@ class Trainer:
         with nothing recorded, when a stop signal arrives (a resume then evaluates this step). Rank 0 only."""
         kimg = self.step * self.global_batch * self.opts.n_dis / 1000
         try:
-            with progress.abortable(lambda: self.stops.signal is not None):
+            with progress.abortable(lambda: self.stops.signal is not None), private_rng(self.device):
                 return self.metrics.evaluate(self.evaluator, self.G_eval, self.opts.eval_samples, self.step, kimg,
                                              self.train_seconds, f"{self.opts.version} step {self.step}", writer, self.save)
         except progress.Interrupted as e:
@@ -679,11 +679,12 @@ class Trainer:
     def sample(self, writer: "SummaryWriter | None" = None) -> Path:
         """The fixed-noise grid (samples/<step>_fake.png) and the attention figures, also to TensorBoard."""
         path = self.run["samples"] / f"{self.step}_fake.png"
-        grid = visualize.write_sample_grid(self.G_eval, self.fixed_z, self.fixed_y, path)
-        if writer:
-            writer.add_image("samples", grid, self.step)
-        visualize.attention_snapshot(self.G_eval, self.fixed_z, self.fixed_y, self.opts.attn_samples, self.opts.attn_points,
-                                     self.run["attn"], str(self.step), writer, self.step)
+        with private_rng(self.device):
+            grid = visualize.write_sample_grid(self.G_eval, self.fixed_z, self.fixed_y, path)
+            if writer:
+                writer.add_image("samples", grid, self.step)
+            visualize.attention_snapshot(self.G_eval, self.fixed_z, self.fixed_y, self.opts.attn_samples, self.opts.attn_points,
+                                         self.run["attn"], str(self.step), writer, self.step)
         return path
 
     def train(self) -> None:

@@ -221,6 +221,35 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
         assert fig.height == 24 + 10 * 64 and fig.width == 110 + 16 * 64 + 32
 
 
+def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path) -> None:
+    fake_fmnist(tmp_path / "fm", n_train=120, n_test=40)
+    a = args_for(tmp_path / "fm")
+    ev = ClassifierEvaluator(build_dataset(a)[0], build_test_split(a), "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path,
+                             n_ref=0, batch_size=10)
+    G = RealImagesG(build_dataset(a)[0], 10)
+    for _ in range(2):  # the first call also scores real images once (a DataLoader, whose iterator draws a seed)
+        before = torch.get_rng_state()
+        ev(G, 20)
+        assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.slow
+def test_evaluating_sampling_and_saving_leave_the_training_trajectory_unchanged(workdir: Path) -> None:
+    from main import main
+
+    fake_fmnist(workdir / "fm", n_train=120, n_test=40)
+    base = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "4", "--eval_samples", "20",
+            "--batch_size", "8", "--g_conv_dim", "8", "--d_conv_dim", "8", "--attn_samples", "1", "--device", "cpu",
+            "--eval_cache_dir", str(workdir / "cache"), "--use_tensorboard", "false"]
+    assert main([*base, "--version", "busy", "--eval_step", "2", "--sample_step", "1", "--model_save_step", "1"]) == 0
+    assert main([*base, "--version", "quiet", "--eval_step", "0", "--sample_step", "100", "--model_save_step", "100"]) == 0
+    busy, quiet = (torch.load(workdir / f"models/{v}/4.pt", map_location="cpu", weights_only=False) for v in ("busy", "quiet"))
+    assert len(json.loads((workdir / "models/busy/metrics.jsonl").read_text().splitlines()[0])) > 0
+    for part in ("G", "D", "G_ema"):
+        for k, v in quiet[part].items():
+            assert torch.equal(v, busy[part][k]), f"{part}.{k}"
+
+
 def test_a_stop_abandons_a_classifier_evaluation_at_its_first_batch(tmp_path: Path) -> None:
     import time
 

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metrics import (EvalError, private_rng, count_tag, dataset_fingerprint, fid_from_stats, generate, reference_indices,
+from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, private_rng, reference_indices,
                      save_atomic, to_uint8)
 from progress import check_abort, track
 

@@ -51,6 +51,13 @@ def args_for(folder: Path, imsize: int = 32) -> DataSpec:
                     max_images=0, lsun_category="x", full_decode=False)
 
 
+def tiny_run_flags(workdir: Path, *extra: str) -> list[str]:
+    """A 4-step `--preset fmnist_32` run on the fake data in workdir/fm, evaluated on 20 samples (CPU, no TensorBoard)."""
+    return ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "4", "--eval_samples", "20",
+            "--batch_size", "8", "--device", "cpu", "--use_tensorboard", "false", "--eval_cache_dir", str(workdir / "cache"),
+            *extra]
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_are_read_padded_and_replicated(tmp_path: Path, gz: bool) -> None:
     images, labels = fake_fmnist(tmp_path / "fm", gz=gz)
@@ -238,9 +245,7 @@ def test_evaluating_sampling_and_saving_leave_the_training_trajectory_unchanged(
     from main import main
 
     fake_fmnist(workdir / "fm", n_train=120, n_test=40)
-    base = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "4", "--eval_samples", "20",
-            "--batch_size", "8", "--g_conv_dim", "8", "--d_conv_dim", "8", "--attn_samples", "1", "--device", "cpu",
-            "--eval_cache_dir", str(workdir / "cache"), "--use_tensorboard", "false"]
+    base = tiny_run_flags(workdir, "--g_conv_dim", "8", "--d_conv_dim", "8", "--attn_samples", "1")
     assert main([*base, "--version", "busy", "--eval_step", "2", "--sample_step", "1", "--model_save_step", "1"]) == 0
     assert main([*base, "--version", "quiet", "--eval_step", "0", "--sample_step", "100", "--model_save_step", "100"]) == 0
     busy, quiet = (torch.load(workdir / f"models/{v}/4.pt", map_location="cpu", weights_only=False) for v in ("busy", "quiet"))

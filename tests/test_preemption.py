@@ -423,12 +423,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
 
 @pytest.mark.slow
 def test_sigterm_while_the_evaluator_is_built_exits_3_with_one_line(workdir: Path) -> None:
-    from test_fmnist import fake_fmnist
+    from test_fmnist import fake_fmnist, tiny_run_flags
 
     fake_fmnist(workdir / "fm", n_train=1500, n_test=200)
-    argv = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "4", "--eval_step", "2",
-            "--eval_samples", "20", "--batch_size", "8", "--attn_samples", "0", "--device", "cpu", "--use_tensorboard", "false",
-            "--eval_cache_dir", str(workdir / "cache"), "--version", "early"]
+    argv = tiny_run_flags(workdir, "--eval_step", "2", "--attn_samples", "0", "--version", "early")
     proc = _spawn(workdir, argv)
     for line in proc.stderr:  # the classifiers are being trained: the run holds its lock, and no step has run
         if "classifier metric: training" in line:

@@ -372,6 +372,49 @@ def decode_psnr(folder: Path, imsize: int, n: int = 200) -> dict:
             "median_db": statistics.median(values) if values else float("nan"), "min_db": min(finite) if finite else float("inf")}
 
 
+def decode_paths(folder: Path, imsize: int, n: int, passes: int = 3) -> list[dict]:
+    """CPU milliseconds per image (this process, one thread; median of `passes` passes over the first n images)
+    of each way a JPEG becomes a training tensor: the previous path (full decode, torchvision's crop, resize,
+    ToTensor, Normalize), the full decode with `SquareResize`, the reduced-size decode (the default), and a
+    read from the decoded-image cache (--data_cache, built first in a temporary folder; its wall time is
+    reported as `build_s`)."""
+    import tempfile
+
+    from torchvision import transforms as T
+
+    from data_loader import CenterCropLongEdge, DataSpec, build_dataset, list_images, open_rgb, square_transform
+
+    files = list_images(folder)[:n]
+    before = T.Compose([CenterCropLongEdge(), T.Resize(imsize), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    square = square_transform(imsize)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cached, _ = build_dataset(DataSpec("folder", imsize, str(folder), str(folder), "", n, False, data_cache=tmp))
+        build_s = time.perf_counter() - t0
+        paths = {"previous path": lambda i: before(open_rgb(files[i])),
+                 "full decode, SquareResize": lambda i: square(open_rgb(files[i])),
+                 "reduced-size decode": lambda i: square(open_rgb(files[i], imsize)),
+                 "decoded-image cache": lambda i: cached[i]}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rows = []
+        try:
+            for name, read in paths.items():
+                times = []
+                for _ in range(passes):
+                    c0 = time.process_time()
+                    for i in range(len(files)):
+                        read(i)
+                    times.append(1000 * (time.process_time() - c0) / len(files))
+                rows.append({"path": name, "images": len(files), "ms_per_image": statistics.median(times)})
+        finally:
+            torch.set_num_threads(threads)
+    for r in rows:
+        r["ratio"] = r["ms_per_image"] / rows[0]["ms_per_image"]
+    rows[-1]["build_s"] = build_s
+    return rows
+
+
 def parse_compare(spec: str | None) -> list[tuple[str, list[str]]]:
     if not spec:
         return [("base", [])]
@@ -402,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--make_jpegs", type=Path, default=None, metavar="FOLDER", help="write --n synthetic ImageNet-sized JPEGs here")
     p.add_argument("--n", type=int, default=2000, help="with --make_jpegs: how many")
     p.add_argument("--loader", type=Path, default=None, metavar="FOLDER", help="time the training loader over this image folder")
+    p.add_argument("--decode_paths", type=Path, default=None, metavar="FOLDER",
+                   help="CPU time per image of each decode path (previous, full, reduced, cached) over the first --n images")
     return p
 
 
@@ -413,6 +458,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         make_jpegs(own.make_jpegs, own.n)
         print(f"wrote {own.n} JPEGs to {own.make_jpegs} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+    if own.decode_paths:
+        args = get_parameters(list(rest))
+        rows = decode_paths(own.decode_paths, args.imsize, own.n)
+        print(f"decode paths over {rows[0]['images']} images of {own.decode_paths} at "
+              f"{args.imsize} px, one thread, CPU ms per image (median of 3 passes):")
+        for r in rows:
+            print(f"  {r['path']:<28} {r['ms_per_image']:7.3f} ms  {r['ratio']:5.2f}")
+        print(f"  (the cache's one-time build: {rows[-1]['build_s']:.1f} s)")
+        if own.json:
+            Path(own.json).write_text(json.dumps(rows, indent=2))
         return 0
     if own.loader:
         flags = ["--dataset", "folder", "--data_dir", str(own.loader), *rest]

@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from durable import write_durably, write_text
+from durable import why_not_written, write_durably, write_text
 from sagan_models import Discriminator, Generator, ModelConfig
 
 CHECKPOINT_FORMAT = 1
@@ -103,18 +102,6 @@ def write_failed(e: BaseException) -> bool:
         return True
     text = str(e).lower()
     return "write failed" in text or "no space" in text or "unexpected pos" in text
-
-
-def why_not_written(e: BaseException, folder: Path) -> str:
-    """'the disk is full (12 KiB free on /mnt)' or the system's reason."""
-    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or isinstance(e, RuntimeError)
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    if full:
-        return f"the disk is full ({free})"
-    return f"{(e.strerror if isinstance(e, OSError) else None) or e} ({free})"
 
 
 def _missing_parents(folder: Path) -> list[Path]:

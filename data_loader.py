@@ -45,10 +45,14 @@ reads exactly the batches that an uninterrupted run would have read.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import io
+import json
 import os
 import pickle
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -61,7 +65,9 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
-from progress import Progress
+from durable import why_not_written, write_durably, write_json
+from metrics import to_uint8
+from progress import Progress, track
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MAX_BAD_FRACTION = 0.01  # training stops when more than 1% of the images cannot be decoded
@@ -131,21 +137,24 @@ class ReadableItems(Dataset):
         raise DatasetError(f"none of the {n} images could be decoded (e.g. {self.name(i)}); check the dataset folder")
 
 
-def bad_files(dataset: Dataset) -> tuple[int, int, list[str]]:
-    """(unreadable items found so far, items, a few of their names) of a dataset or a Subset of one."""
-    base = dataset
-    while isinstance(base, Subset):
-        base = base.dataset
-    if not isinstance(base, ReadableItems) or not base.bad.any():  # the common case, cheap at every log step
-        return 0, len(dataset), []
+def unwrap(dataset: Dataset) -> tuple[Dataset, torch.Tensor | None]:
+    """(the dataset under any Subsets, the indices into it of the items of `dataset`; None without Subsets)."""
     indices = None
     while isinstance(dataset, Subset):
         indices = torch.as_tensor(dataset.indices) if indices is None else torch.as_tensor(dataset.indices)[indices]
         dataset = dataset.dataset
-    flags = dataset.bad if indices is None else dataset.bad[indices]
+    return dataset, indices
+
+
+def bad_files(dataset: Dataset, few: int = 3) -> tuple[int, int, list[str]]:
+    """(unreadable items found so far, items, the names of up to `few` of them) of a dataset or a Subset of one."""
+    base, indices = unwrap(dataset)
+    if not isinstance(base, ReadableItems) or not base.bad.any():  # the common case, cheap at every log step
+        return 0, len(dataset), []
+    flags = base.bad if indices is None else base.bad[indices]
     where = torch.nonzero(flags).flatten()
-    base = where if indices is None else indices[where]
-    return int(flags.sum()), len(flags), [dataset.name(int(j)) for j in base[:3]]
+    picked = where if indices is None else indices[where]
+    return int(flags.sum()), len(flags), [base.name(int(j)) for j in picked[:few]]
 
 
 def check_bad_files(dataset: Dataset) -> str | None:
@@ -167,9 +176,14 @@ class CenterCropLongEdge:
         return T.functional.center_crop(img, min(img.size))
 
 
+def uint8_to_signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1]: x / 127.5 - 1 (`metrics.to_uint8` inverts it exactly)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
 def to_signed_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit RGB -> (3, H, W) float in [-1, 1] (x / 127.5 - 1, ToTensor + Normalize(0.5, 0.5) in one pass)."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(127.5).sub_(1.0).contiguous()
+    return uint8_to_signed(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)).contiguous()
 
 
 class SquareResize:
@@ -235,6 +249,7 @@ class Shapes(Dataset):
     """Procedurally generated, labelled shapes, rendered once into memory (uint8)."""
 
     num_classes = len(SHAPE_CLASSES)
+    in_memory = True
 
     def __init__(self, imsize: int, size: int = SHAPES_SIZE, seed: int = SHAPES_SEED) -> None:
         imgs, labels = [], []
@@ -249,7 +264,7 @@ class Shapes(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].float() / 127.5 - 1.0, int(self.labels[i])
+        return uint8_to_signed(self.images[i]), int(self.labels[i])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,7 +445,7 @@ class CIFAR10(Dataset):
         return list(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i].float() / 127.5 - 1.0
+        x = uint8_to_signed(self.images[i])
         if self.imsize != 32:
             x = torch.nn.functional.interpolate(x[None], size=self.imsize, mode="bilinear", antialias=True, align_corners=False)[0]
         return x, int(self.labels[i])
@@ -518,7 +533,7 @@ class FashionMNIST(Dataset):
         return list(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return (self.images[i].float() / 127.5 - 1.0).expand(3, -1, -1), int(self.labels[i])
+        return uint8_to_signed(self.images[i]).expand(3, -1, -1), int(self.labels[i])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +551,7 @@ class DataSpec:
     lsun_category: str
     max_images: int
     full_decode: bool
+    data_cache: str | None = None
 
     @property
     def root(self) -> Path:
@@ -622,21 +638,24 @@ class DatasetInfo:
     download: str | None = None  # the `bash download.sh` argument that fetches it
     test_split: Callable[[DataSpec], Dataset] | None = None  # held out for the classifier metric (classifier.py)
     class_names: tuple[str, ...] = ()  # label -> name, where the dataset names its classes
+    decodes_files: bool = False  # its images are decoded from files at every read (what --data_cache keeps)
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "shapes": DatasetInfo(_shapes, 4, "generated coloured shapes on noise (seeded, identical on every machine)", "nothing (generated)",
                           test_split=lambda spec: Shapes(spec.imsize, size=2000, seed=SHAPES_SEED + 1),  # other seed: other images
                           class_names=SHAPE_CLASSES),
-    "celeb": DatasetInfo(_celeb, 0, "CelebA faces", "the folder of the images", "CelebA"),
-    "lsun": DatasetInfo(_lsun, 0, "one LSUN scene category (--lsun_category)", "the lmdb folder of the LSUN category", "LSUN"),
+    "celeb": DatasetInfo(_celeb, 0, "CelebA faces", "the folder of the images", "CelebA", decodes_files=True),
+    "lsun": DatasetInfo(_lsun, 0, "one LSUN scene category (--lsun_category)", "the lmdb folder of the LSUN category", "LSUN",
+                        decodes_files=True),
     "cifar10": DatasetInfo(_cifar10, 10, "CIFAR-10", "the cifar-10-batches-py folder", "cifar10",
                            class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
     "fashion_mnist": DatasetInfo(lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "train"), 10,
                                  "Fashion-MNIST clothing (grey)", "the folder of the four idx files", "fashion_mnist",
                                  test_split=lambda spec: FashionMNIST(fmnist_folder(spec), spec.imsize, "test"), class_names=FMNIST_CLASSES),
-    "imagenet": DatasetInfo(_imagenet, 1000, "ImageNet ILSVRC2012 train", "the folder of the class folders"),
-    "folder": DatasetInfo(_folder, None, "your own images, flat or one sub-folder per class", "the folder of the images"),
+    "imagenet": DatasetInfo(_imagenet, 1000, "ImageNet ILSVRC2012 train", "the folder of the class folders", decodes_files=True),
+    "folder": DatasetInfo(_folder, None, "your own images, flat or one sub-folder per class", "the folder of the images",
+                          decodes_files=True),
 }
 ALIASES = {"cifar": "cifar10"}  # heykeetae's spelling
 
@@ -660,7 +679,8 @@ def build_test_split(spec: DataSpec) -> Dataset | None:
 
 
 def build_dataset(spec: DataSpec) -> tuple[Dataset, int]:
-    """The dataset (its first --max_images items, if set) and its number of classes (0 when unlabelled)."""
+    """The dataset (its first --max_images items, if set; read from --data_cache, if set) and its number of
+    classes (0 when unlabelled)."""
     info = dataset_info(spec.dataset)
     if spec.folder is not None and spec.folder.exists() and not spec.folder.is_dir():
         raise DatasetError(f"--data_dir {spec.folder} is a file, not a folder; pass {info.data_dir}")
@@ -668,6 +688,8 @@ def build_dataset(spec: DataSpec) -> tuple[Dataset, int]:
     num_classes = getattr(dataset, "num_classes", info.num_classes or 0)
     if spec.max_images and spec.max_images < len(dataset):
         dataset = Subset(dataset, range(spec.max_images))
+    if spec.data_cache:
+        dataset = cached_dataset(dataset, spec)
     return dataset, num_classes
 
 
@@ -773,3 +795,152 @@ def get_loader(dataset: Dataset, device: torch.device, batch_size: int, seed: in
         worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(seed),  # worker seeds; never the global RNG
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoded-image cache (--data_cache)
+
+CACHE_VERSION = 1
+CACHE_BATCH = 64  # images per write while the cache is built
+
+
+class CachedImages(ReadableItems):
+    """A file-decoding dataset's items, decoded and transformed once, read back from a uint8 .npy file of shape
+    (N, 3, imsize, imsize) through a memory map (opened lazily in each loader worker). Item i holds exactly
+    what the source dataset returned for i, unreadable files replaced as `ReadableItems` replaces them; their
+    flags and names come from the cache's .json, so the trainer's warning and its 1% limit still apply."""
+
+    def __init__(self, path: Path, meta: dict, source_files: list[Path]) -> None:
+        super().__init__(int(meta["count"]))
+        self.path, self.files, self.images = path, source_files, None
+        self.labels = torch.tensor(meta["labels"], dtype=torch.int64)
+        self.bad_names = {int(i): name for i, name in meta["bad"].items()}
+        for i in self.bad_names:
+            self.bad[i] = True
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "images": None}  # workers map the file themselves; never pickle the pixels
+
+    def source_files(self) -> list[Path]:
+        return list(self.files)
+
+    def name(self, i: int) -> str:
+        return self.bad_names.get(i, f"item {i} of {self.path}")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.images is None:
+            self.images = np.load(self.path, mmap_mode="r")
+        return uint8_to_signed(torch.from_numpy(np.array(self.images[i]))), int(self.labels[i])  # (3, H, W), copied out of the map
+
+
+def cache_key(dataset: Dataset, spec: DataSpec) -> str:
+    """Changes when the images, their order, the dataset, the size or the decode change: the source files'
+    names, sizes and modification times, and every item's name."""
+    base, indices = unwrap(dataset)
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.dataset, spec.imsize, spec.draft, len(dataset)]).encode())
+    files = base.source_files()
+    if indices is not None and len(files) == len(base):  # one file per item: only the items used
+        files = [files[j] for j in indices.tolist()]
+    for p in track(files, "data cache: checking the source files", len(files), "files"):
+        st = Path(p).stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for j in range(len(base)) if indices is None else indices.tolist():
+        h.update(f"{base.name(j)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def read_cache_meta(stem: Path, key: str, shape: tuple[int, ...]) -> dict | None:
+    """The cache's metadata when its .json and .npy are complete and match `key` and `shape`; else None."""
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        images = np.load(stem.with_suffix(".npy"), mmap_mode="r")
+    except (OSError, ValueError):  # missing, half-copied, or not ours
+        return None
+    if meta.get("version") != CACHE_VERSION or meta.get("key") != key or tuple(images.shape) != shape or images.dtype != np.uint8:
+        return None
+    return meta
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (torchrun's processes and concurrent jobs build a cache once); a no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_cache(dataset: Dataset, stem: Path, shape: tuple[int, ...], key: str, spec: DataSpec) -> dict:
+    """Decode every item of `dataset` into stem.npy (durably: a crash leaves no partial cache), then write stem.json."""
+    n = shape[0]
+    need = int(np.prod(shape)) + 128
+    free = shutil.disk_usage(stem.parent).free
+    if need > free:
+        raise DatasetError(f"--data_cache {stem.parent}: the decoded images need {need / 2**30:,.1f} GiB and the disk has "
+                           f"{free / 2**30:,.1f} GiB free; point --data_cache at a larger disk, or drop it")
+    workers = workers_for(None, dataset)
+    loader = DataLoader(dataset, batch_size=CACHE_BATCH, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
+                        worker_init_fn=ignore_stop_signals)  # persistent: close_loader finds and ends the workers
+    labels: list[int] = []
+    say_main(f"data cache: decoding {n:,} images once into {stem.with_suffix('.npy')} ({need / 2**30:,.2f} GiB; later runs read it)")
+
+    def write(f: "io.BufferedWriter") -> None:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        with Progress("data cache: decoding", n, "images") as p:
+            for x, y in loader:
+                f.write(to_uint8(x).numpy().tobytes())
+                labels.extend(int(v) for v in y)
+                p.update(len(x))
+        check_bad_files(dataset)  # more than MAX_BAD_FRACTION unreadable: stop before the file counts as written
+
+    try:
+        write_durably(stem.with_suffix(".npy"), write)
+    except OSError as e:
+        raise DatasetError(f"could not write the data cache {stem.with_suffix('.npy')}: {why_not_written(e, stem.parent)}; "
+                           f"nothing was kept; free space or point --data_cache elsewhere") from None
+    finally:
+        close_loader(loader)
+    base, indices = unwrap(dataset)
+    flags = base.bad if indices is None else base.bad[indices]
+    where = torch.nonzero(flags).flatten().tolist()
+    names = {str(i): base.name(i if indices is None else int(indices[i])) for i in where}
+    meta = {"version": CACHE_VERSION, "key": key, "count": n, "dataset": spec.dataset, "imsize": spec.imsize,
+            "decode": "full" if spec.draft is None else "reduced-size", "labels": labels, "bad": names}
+    write_json(stem.with_suffix(".json"), meta)
+    return meta
+
+
+def cached_dataset(dataset: Dataset, spec: DataSpec) -> CachedImages:
+    """`dataset` read from the cache under --data_cache, which is built first when missing or out of date."""
+    base, _ = unwrap(dataset)
+    if not dataset_info(spec.dataset).decodes_files:
+        files = ", ".join(name for name, info in DATASETS.items() if info.decodes_files)
+        raise DatasetError(f"--data_cache keeps images decoded from files ({files}); {spec.dataset} decodes none: drop --data_cache")
+    folder = Path(spec.data_cache)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"--data_cache {folder}: cannot create the folder ({e.strerror}); pass a writable folder") from None
+    key = cache_key(dataset, spec)
+    stem = folder / f"{spec.dataset}-{spec.imsize}px-{'full' if spec.draft is None else 'reduced'}-{key}"
+    shape = (len(dataset), 3, spec.imsize, spec.imsize)
+    with cache_lock(stem.with_suffix(".lock")):
+        meta = read_cache_meta(stem, key, shape)
+        if meta is None:
+            meta = write_cache(dataset, stem, shape, key, spec)
+        else:
+            say_main(f"data cache: reading {len(dataset):,} decoded images from {stem.with_suffix('.npy')}")
+    return CachedImages(stem.with_suffix(".npy"), meta, base.source_files())
+
+
+def say_main(msg: str) -> None:
+    """Print on stderr from the first process only (torchrun's RANK 0, or a plain run)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, file=sys.stderr, flush=True)

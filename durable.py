@@ -11,8 +11,10 @@ and leaves the previous file as it was. (`metrics.jsonl` lines are appended and 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -53,3 +55,15 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, obj: object) -> None:
     """`obj` as indented JSON with sorted keys (training_options.json, evaluation results)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def why_not_written(e: BaseException, folder: Path) -> str:
+    """'the disk is full (12 KiB free on /mnt)' or the system's reason."""
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or isinstance(e, RuntimeError)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    if full:
+        return f"the disk is full ({free})"
+    return f"{(e.strerror if isinstance(e, OSError) else None) or e} ({free})"

@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lsun_category", type=str, default="church_outdoor", help="with --dataset lsun: the scene category")
     d.add_argument("--full_decode", type=str2bool, default=False, nargs="?", const=True,
                    help="decode every JPEG at full size (default: large JPEGs are decoded at reduced size, then resized)")
+    d.add_argument("--data_cache", type=str, default=None, metavar="FOLDER",
+                   help="decode the images once into a uint8 file in FOLDER and read them from it (celeb, lsun, imagenet, folder; "
+                        "N x 3 x imsize^2 bytes, e.g. 63 GB for ImageNet at 128 px)")
     d.add_argument("--max_images", type=non_negative, default=0, help="use only the first N images of the dataset (0: all)")
 
     o = p.add_argument_group("output")

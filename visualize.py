@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from checkpoints import CheckpointError, why_not_written
-from durable import write_durably
+from checkpoints import CheckpointError
+from durable import why_not_written, write_durably
 from metrics import to_uint8
 from sagan_models import ModelConfig, SelfAttention, eval_mode, sample
 

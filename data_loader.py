@@ -78,10 +78,6 @@ class DatasetError(Exception):
     """A dataset that cannot be used; the message is one line that says what to do."""
 
 
-def _normalise() -> list[Callable]:
-    return [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-
-
 def open_rgb(src: "Path | io.BytesIO", draft: int | None = None) -> Image.Image:
     """Decode an image and return it as 8-bit RGB (see the module docstring for the conversions). With
     `draft`, a JPEG whose short side is at least twice `draft` is decoded at a reduced size (libjpeg's
@@ -577,7 +573,7 @@ def _celeb(spec: DataSpec) -> Dataset:
     for c in candidates:
         files = list_images(c) if c.is_dir() else []
         if files:
-            return ImageFiles(check_image_files(files, c), None, T.Compose([T.CenterCrop(160), T.Resize(spec.imsize), *_normalise()]))
+            return ImageFiles(check_image_files(files, c), None, T.Compose([T.CenterCrop(160), T.Resize(spec.imsize), to_signed_tensor]))
     hint = "".join(no_images_hint(c) for c in candidates)
     raise DatasetError(f"CelebA not found: no images under {' and '.join(str(c) for c in candidates)}{hint}; fetch it with: "
                        f"bash download.sh {DATASETS['celeb'].download}")
@@ -589,7 +585,7 @@ def _lsun(spec: DataSpec) -> Dataset:
     if not (db / "data.mdb").is_file():
         raise DatasetError(f"LSUN {cat} not found: no lmdb database at {db}/data.mdb; fetch it with: "
                            f"bash download.sh {DATASETS['lsun'].download} {cat}")
-    ds = LSUN(db, T.Compose([T.Resize(spec.imsize), T.CenterCrop(spec.imsize), *_normalise()]), spec.draft)
+    ds = LSUN(db, T.Compose([T.Resize(spec.imsize), T.CenterCrop(spec.imsize), to_signed_tensor]), spec.draft)
     if len(ds) == 0:
         raise DatasetError(f"LSUN {cat} at {db} is empty; fetch it again with: bash download.sh {DATASETS['lsun'].download} {cat}")
     return ds
@@ -807,7 +803,8 @@ CACHE_BATCH = 64  # images per write while the cache is built
 class CachedImages(ReadableItems):
     """A file-decoding dataset's items, decoded and transformed once, read back from a uint8 .npy file of shape
     (N, 3, imsize, imsize) through a memory map (opened lazily in each loader worker). Item i holds exactly
-    what the source dataset returned for i, unreadable files replaced as `ReadableItems` replaces them; their
+    what the source dataset returned for i, to the last bit (every transform ends in `to_signed_tensor`), with
+    unreadable files replaced as `ReadableItems` replaces them; their
     flags and names come from the cache's .json, so the trainer's warning and its 1% limit still apply."""
 
     def __init__(self, path: Path, meta: dict, source_files: list[Path]) -> None:
@@ -877,19 +874,19 @@ def cache_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_cache(dataset: Dataset, stem: Path, shape: tuple[int, ...], key: str, spec: DataSpec) -> dict:
+def write_cache(dataset: Dataset, stem: Path, shape: tuple[int, ...], key: str, spec: DataSpec, decode: str) -> dict:
     """Decode every item of `dataset` into stem.npy (durably: a crash leaves no partial cache), then write stem.json."""
     n = shape[0]
     need = int(np.prod(shape)) + 128
     free = shutil.disk_usage(stem.parent).free
     if need > free:
-        raise DatasetError(f"--data_cache {stem.parent}: the decoded images need {need / 2**30:,.1f} GiB and the disk has "
-                           f"{free / 2**30:,.1f} GiB free; point --data_cache at a larger disk, or drop it")
+        raise DatasetError(f"--data_cache {stem.parent}: the decoded images need {size_text(need)} and the disk has "
+                           f"{size_text(free)} free; point --data_cache at a larger disk, or drop it")
     workers = workers_for(None, dataset)
     loader = DataLoader(dataset, batch_size=CACHE_BATCH, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
                         worker_init_fn=ignore_stop_signals)  # persistent: close_loader finds and ends the workers
     labels: list[int] = []
-    say_main(f"data cache: decoding {n:,} images once into {stem.with_suffix('.npy')} ({need / 2**30:,.2f} GiB; later runs read it)")
+    say_main(f"data cache: decoding {n:,} images once into {stem.with_suffix('.npy')} ({size_text(need)}; later runs read it)")
 
     def write(f: "io.BufferedWriter") -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
@@ -912,7 +909,7 @@ def write_cache(dataset: Dataset, stem: Path, shape: tuple[int, ...], key: str, 
     where = torch.nonzero(flags).flatten().tolist()
     names = {str(i): base.name(i if indices is None else int(indices[i])) for i in where}
     meta = {"version": CACHE_VERSION, "key": key, "count": n, "dataset": spec.dataset, "imsize": spec.imsize,
-            "decode": "full" if spec.draft is None else "reduced-size", "labels": labels, "bad": names}
+            "decode": decode, "labels": labels, "bad": names}
     write_json(stem.with_suffix(".json"), meta)
     return meta
 
@@ -929,15 +926,21 @@ def cached_dataset(dataset: Dataset, spec: DataSpec) -> CachedImages:
     except OSError as e:
         raise DatasetError(f"--data_cache {folder}: cannot create the folder ({e.strerror}); pass a writable folder") from None
     key = cache_key(dataset, spec)
-    stem = folder / f"{spec.dataset}-{spec.imsize}px-{'full' if spec.draft is None else 'reduced'}-{key}"
+    decode = "full" if getattr(base, "draft", None) is None else "reduced"  # CelebA's pixel crop always decodes in full
+    stem = folder / f"{spec.dataset}-{spec.imsize}px-{decode}-{key}"
     shape = (len(dataset), 3, spec.imsize, spec.imsize)
     with cache_lock(stem.with_suffix(".lock")):
         meta = read_cache_meta(stem, key, shape)
         if meta is None:
-            meta = write_cache(dataset, stem, shape, key, spec)
+            meta = write_cache(dataset, stem, shape, key, spec, decode)
         else:
             say_main(f"data cache: reading {len(dataset):,} decoded images from {stem.with_suffix('.npy')}")
     return CachedImages(stem.with_suffix(".npy"), meta, base.source_files())
+
+
+def size_text(n: int) -> str:
+    """'63.0 GiB', '12.3 MiB'."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def say_main(msg: str) -> None:

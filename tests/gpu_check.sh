@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check (BENCHMARKS.md, "GPU"): the CUDA tests, a trimmed benchmark and the loader at 2 and 12 workers.
+# The GPU check (BENCHMARKS.md, "GPU"): the CUDA tests, a trimmed benchmark and the loader at 2 and 12 workers
+# (and from the decoded-image cache), and the CPU time of each decode path.
 # Usage: bash tests/gpu_check.sh [OUTDIR]   (default gpu_check/; about 10 minutes on one H100/H200)
 # Uses the machine's python3 and its torch; needs neither torch-fidelity nor lmdb, nor a dataset.
 set -uo pipefail
@@ -22,4 +23,6 @@ for w in 2 12; do
   $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w" 2>&1 | tee -a "$out/loader.txt" || status=1
 done
 $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode 2>&1 | tee -a "$out/loader.txt" || status=1
+$py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2 --data_cache "$jpegs.cache" 2>&1 | tee -a "$out/loader.txt" || status=1
+$py bench.py --decode_paths "$jpegs" --n 300 --imsize 128 2>&1 | tee -a "$out/loader.txt" || status=1
 exit $status

@@ -255,6 +255,16 @@ def test_data_cache_holds_exactly_what_the_decoder_gives_and_is_reused(tmp_path:
     assert all(torch.equal(x[k], expected[i][0]) and int(y[k]) == expected[i][1] for k, i in enumerate(order))
 
 
+@pytest.mark.parametrize("dataset", ["celeb", "lsun"])
+def test_data_cache_holds_every_file_dataset_to_the_bit(tmp_path: Path, dataset: str) -> None:
+    fakedata.celeba(tmp_path / "data", n=5) if dataset == "celeb" else fakedata.lsun(tmp_path / "data", n=6)
+    plain, _ = build_dataset(_args(tmp_path, dataset))
+    cached, _ = build_dataset(_args(tmp_path, dataset, data_cache=str(tmp_path / "cache")))
+    assert len(cached) == len(plain) and all(torch.equal(plain[i][0], cached[i][0]) for i in range(len(plain)))
+    decode = "full" if dataset == "celeb" else "reduced"  # CelebA's 160 px crop is in full-size pixels
+    assert len(list((tmp_path / "cache").glob(f"{dataset}-32px-{decode}-*.npy"))) == 1
+
+
 def test_data_cache_is_rebuilt_when_the_images_or_settings_change(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import os
 
@@ -310,3 +320,23 @@ def test_data_cache_refusals_are_one_line_and_leave_nothing(tmp_path: Path, monk
     with progress.abortable(lambda: True), pytest.raises(progress.Interrupted):  # a stop signal while it is built
         build_dataset(_cache_args(tmp_path))
     assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]  # no .npy, .json or temporary file
+
+
+def test_training_from_the_cache_prints_the_workers_and_trains_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from main import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = fakedata.image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8)
+    flags = ["--dataset", "folder", "--data_dir", str(folder), "--imsize", "32", "--g_conv_dim", "8", "--d_conv_dim", "8",
+             "--z_dim", "16", "--batch_size", "4", "--total_step", "2", "--log_step", "1", "--sample_step", "100",
+             "--attn_samples", "0", "--use_tensorboard", "false", "--device", "cpu"]
+    assert main(flags + ["--version", "plain", "--num_workers", "0"]) == 0
+    assert main(flags + ["--version", "cached", "--data_cache", str(tmp_path / "cache")]) == 0
+    from data_loader import MAX_AUTO_WORKERS, usable_cpus
+
+    out, err = capsys.readouterr()
+    assert "data cache: decoding 16 images once" in err
+    assert f"workers {min(usable_cpus(), MAX_AUTO_WORKERS)} (auto) per process" in out  # this machine's CPUs, at most 16
+    a, b = (torch.load(tmp_path / "models" / v / "2.pt", weights_only=False)["G"] for v in ("plain", "cached"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same images in the same order: the same model

@@ -71,3 +71,34 @@ def test_a_checkpoint_saved_on_other_gpus_resumes_on_the_cpu_with_a_note(workdir
     assert (workdir / "models/r/3.pt").is_file()
     saved = torch.load(workdir / "models/r/3.pt", weights_only=True)["rng"]
     assert saved["device"] == "cpu" and saved["cuda"] == []
+
+
+def test_amp_with_data_parallel_is_refused_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    """DataParallel's replica threads would turn autocast on with CUDA's default dtype (fp16) and no scaler."""
+    from parameter import get_parameters
+
+    with pytest.raises(SystemExit) as e:
+        get_parameters(["--parallel", "true", "--amp", "bf16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "--amp bf16 with --parallel" in err[-1] and "torchrun --nproc_per_node" in err[-1]
+    assert get_parameters(["--parallel", "true"]).amp == "off"
+
+
+def test_inception_runs_with_tf32_off_and_the_reference_cache_key_names_device_and_precision(tmp_path: Path) -> None:
+    import fakedata
+    from data_loader import Shapes
+    from metrics import Inception, reference_stats
+
+    net = Inception(fakedata.inception_weights(tmp_path / "inception.pth"), torch.device("cpu"))
+    seen = []
+    net.net.register_forward_hook(lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # what --tf32 true sets for training
+    try:
+        net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    assert seen == [(False, False)] and after == (True, True)  # off inside the forward, restored after
+    stats = reference_stats(Shapes(32, size=8), "shapes", 32, net, tmp_path / "cache", 0)
+    assert stats["meta"]["device"] == "cpu" and stats["meta"]["precision"] == "fp32, TF32 off"

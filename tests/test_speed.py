@@ -124,3 +124,30 @@ def test_fused_kernel_is_used_in_training(variant: str, span: int) -> None:
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
     assert "aten::_softmax" not in ops and "aten::_safe_softmax" not in ops
+
+
+def test_bench_loader_tools_time_every_decode_path_and_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from PIL import Image
+
+    import bench
+
+    jpegs = tmp_path / "jpegs"
+    assert bench.main(["--make_jpegs", str(jpegs), "--n", "6"]) == 0
+    sizes = [Image.open(f).size for f in sorted(jpegs.glob("*.jpg"))]
+    assert len(sizes) == 6 and all(350 <= max(s) <= 500 for s in sizes) and len({round(w / h, 2) for w, h in sizes}) >= 3
+    capsys.readouterr()
+    assert bench.main(["--loader", str(jpegs), "--imsize", "64", "--batch_size", "2", "--num_workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "reduced-size JPEG decode, 0 workers, batch 2: 4 images in" in out and "ms per image per core" in out  # batch 1 not timed
+    assert "reduced-size decode vs full decode at 64 px over 6 images: median PSNR" in out
+    assert bench.main(["--loader", str(jpegs), "--imsize", "64", "--batch_size", "2", "--num_workers", "0",
+                       "--data_cache", str(tmp_path / "cache")]) == 0
+    assert "4 images in" in capsys.readouterr().out and len(list((tmp_path / "cache").glob("folder-64px-reduced-*.npy"))) == 1
+    rows_json = tmp_path / "paths.json"
+    assert bench.main(["--decode_paths", str(jpegs), "--n", "4", "--imsize", "64", "--json", str(rows_json)]) == 0
+    rows = json.loads(rows_json.read_text())
+    assert [r["path"] for r in rows] == ["previous path", "full decode, SquareResize", "reduced-size decode", "decoded-image cache"]
+    assert rows[0]["ratio"] == 1.0 and all(r["ms_per_image"] > 0 and r["images"] == 4 for r in rows)
+    assert rows[3]["ms_per_image"] < rows[1]["ms_per_image"] and rows[3]["build_s"] > 0  # reading beats decoding

@@ -30,14 +30,20 @@ which the accuracy first reached 50%, 75% and 85%.
 Data loading, on its own:
 
     python bench.py --make_jpegs jpegs --n 2000      # synthetic ImageNet-sized JPEGs (350-500 px, mixed aspect ratios)
-    python bench.py --loader jpegs --imsize 128 --num_workers 2 [--full_decode]
+    python bench.py --loader jpegs --imsize 128 --num_workers 2 [--full_decode | --data_cache FOLDER]
+    python bench.py --decode_paths jpegs --n 300 --imsize 128
 
 `--loader FOLDER` times the training loader (`data_loader.get_loader`, `--dataset folder`) over the
 folder: one batch to start the workers, then every further batch of one epoch. Printed: images per
 second in total and per worker, milliseconds per image per core (workers x elapsed / images; the
 main process itself with 0 workers), the CPU time per image of the main process and its workers
 (from /proc, so other load on the machine does not inflate it); and, unless `--full_decode`, the PSNR of the reduced-size decode
-against the full one after the same crop and resize.
+against the full one after the same crop and resize. With `--data_cache`, the cache is built (or found) before
+the clock starts, and the loader reads from it.
+
+`--decode_paths FOLDER` times each way a JPEG becomes a training tensor on its own, in this process with one
+thread (CPU time, median of 3 passes over the first `--n` images): the previous path, the full decode with
+`SquareResize`, the reduced-size decode, and a read from the decoded-image cache; ratios against the first.
 
 `--save_time N` times what a stop signal costs at the end: N writes of the full checkpoint (G, D, EMA,
 both Adam states) of the model the flags build, e.g. `python bench.py --save_time 3 --preset sagan_imagenet_128`.
@@ -474,11 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = ["--dataset", "folder", "--data_dir", str(own.loader), *rest]
         r = loader_speed(flags)
         args = get_parameters(flags)
-        print(f"loader over {own.loader} at {args.imsize} px, {'full' if args.full_decode else 'reduced-size'} JPEG decode, "
+        source = "the decoded-image cache" if args.data_cache else f"{'full' if args.full_decode else 'reduced-size'} JPEG decode"
+        print(f"loader over {own.loader} at {args.imsize} px, {source}, "
               f"{r['workers']} workers, batch {args.batch_size}: {r['images']} images in {r['seconds']:.1f} s = "
               f"{r['img_per_s']:.0f} images/s ({r['img_per_s_per_worker']:.0f} per worker), "
               f"{r['ms_per_image_per_core']:.2f} ms per image per core (CPU time: {r['cpu_ms_per_image']:.2f} ms per image)")
-        if not args.full_decode:
+        if not args.full_decode and not args.data_cache:
             q = decode_psnr(own.loader, args.imsize)
             print(f"reduced-size decode vs full decode at {args.imsize} px over {q['images']} images: median PSNR "
                   f"{q['median_db']:.1f} dB, lowest {q['min_db']:.1f} dB; {q['reduced']:.0%} of them decoded at reduced size")

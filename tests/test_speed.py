@@ -144,7 +144,7 @@ def test_bench_loader_tools_time_every_decode_path_and_the_cache(tmp_path: Path,
     assert "reduced-size decode vs full decode at 64 px over 6 images: median PSNR" in out
     assert bench.main(["--loader", str(jpegs), "--imsize", "64", "--batch_size", "2", "--num_workers", "0",
                        "--data_cache", str(tmp_path / "cache")]) == 0
-    assert "4 images in" in capsys.readouterr().out and len(list((tmp_path / "cache").glob("folder-64px-reduced-*.npy"))) == 1
+    assert "the decoded-image cache, 0 workers, batch 2: 4 images in" in capsys.readouterr().out and len(list((tmp_path / "cache").glob("folder-64px-reduced-*.npy"))) == 1
     rows_json = tmp_path / "paths.json"
     assert bench.main(["--decode_paths", str(jpegs), "--n", "4", "--imsize", "64", "--json", str(rows_json)]) == 0
     rows = json.loads(rows_json.read_text())

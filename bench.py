@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_time", type=int, default=None, metavar="N",
                    help="instead of timing iterations: write the model's full checkpoint N times (docs/training.md, 'Preemption')")
     p.add_argument("--make_jpegs", type=Path, default=None, metavar="FOLDER", help="write --n synthetic ImageNet-sized JPEGs here")
-    p.add_argument("--n", type=int, default=2000, help="with --make_jpegs: how many")
+    p.add_argument("--n", type=int, default=2000, help="with --make_jpegs: how many to write; with --decode_paths: how many to time")
     p.add_argument("--loader", type=Path, default=None, metavar="FOLDER", help="time the training loader over this image folder")
     p.add_argument("--decode_paths", type=Path, default=None, metavar="FOLDER",
                    help="CPU time per image of each decode path (previous, full, reduced, cached) over the first --n images")

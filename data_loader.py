@@ -151,15 +151,15 @@ def unwrap(dataset: Dataset) -> tuple[Dataset, torch.Tensor | None]:
     return dataset, indices
 
 
-def bad_files(dataset: Dataset, few: int = 3) -> tuple[int, int, list[str]]:
-    """(unreadable items found so far, items, the names of up to `few` of them) of a dataset or a Subset of one."""
+def bad_files(dataset: Dataset) -> tuple[int, int, list[str]]:
+    """(unreadable items found so far, items, a few of their names) of a dataset or a Subset of one."""
     base, indices = unwrap(dataset)
     if not isinstance(base, ReadableItems) or not base.bad.any():  # the common case, cheap at every log step
         return 0, len(dataset), []
     flags = base.bad if indices is None else base.bad[indices]
     where = torch.nonzero(flags).flatten()
     picked = where if indices is None else indices[where]
-    return int(flags.sum()), len(flags), [base.name(int(j)) for j in picked[:few]]
+    return int(flags.sum()), len(flags), [base.name(int(j)) for j in picked[:3]]
 
 
 def check_bad_files(dataset: Dataset) -> str | None:

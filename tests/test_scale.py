@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import spectral
 from distributed import DistEnv, LaunchError, launch_env
 from main import main
 from parameter import get_parameters
@@ -88,18 +90,19 @@ def test_ema_copies_before_start_then_matches_closed_form() -> None:
     G = _tiny_generator()
     decay, start = 0.9, 3
     ema = EMA(G, decay, start)
-    keys = [k for k, v in G.state_dict().items() if v.is_floating_point()]
-    assert any(k.endswith("_u") for k in keys) and any(k.endswith("running_mean") for k in keys)  # SN and BN buffers
+    floats = [k for k, v in G.state_dict().items() if v.is_floating_point()]
+    vectors = [k for k in floats if k.endswith(("._u", "._v"))]  # spectral-norm u and v: the EMA model's own
+    keys = [k for k in floats if k not in vectors]
+    assert vectors and any(k.endswith("running_mean") for k in keys)  # SN and BN buffers
     history = []
     for step in range(1, 8):
         with torch.no_grad():
-            for v in G.state_dict().values():
-                if v.is_floating_point():
-                    v.add_(torch.randn_like(v) * 0.1)
+            for k in keys:
+                G.state_dict()[k].add_(torch.randn_like(G.state_dict()[k]) * 0.1)
         history.append({k: G.state_dict()[k].double().clone() for k in keys})
         ema.update(step)
         if step < start:
-            for k in keys:
+            for k in floats:
                 assert torch.equal(ema.model.state_dict()[k], G.state_dict()[k]), (step, k)
     # Closed form after step 7: e = d^(7-s+1) w_{s-1} + (1-d) sum_{t=s..7} d^(7-t) w_t with s = start.
     k_last = 7
@@ -109,6 +112,31 @@ def test_ema_copies_before_start_then_matches_closed_form() -> None:
             expected = expected + (1 - decay) * decay ** (k_last - t) * history[t - 1][k]
         torch.testing.assert_close(ema.model.state_dict()[k].double(), expected, atol=1e-6, rtol=1e-5)
     assert not torch.equal(ema.model.state_dict()[keys[0]], G.state_dict()[keys[0]])
+    for k in vectors:  # unit vectors, advanced on the EMA model's weights
+        assert abs(ema.model.state_dict()[k].norm().item() - 1) < 1e-5, k
+
+
+def test_ema_sigma_follows_its_own_weights_when_the_source_singular_vectors_turn() -> None:
+    """G's weight turns by 10 degrees per step (W_t = R(10 t) diag(1, 0.3)), so its u turns with it. The average
+    of the last ~10 u's has norm c ~ 0.5, and so has the averaged weight's sigma; sigma estimated with the
+    averaged u would be c^2 (the weights then divided by too little); the EMA model's own power iteration
+    gives c."""
+    from spectral import spectral_norm
+
+    layer = spectral_norm(nn.Linear(2, 2, bias=False))
+    source = nn.Sequential(layer)
+    ema = EMA(source, decay=0.9, start=1)
+    for step in range(1, 61):
+        t = torch.tensor(step * 10.0).deg2rad()
+        rot = torch.stack([torch.stack([t.cos(), -t.sin()]), torch.stack([t.sin(), t.cos()])])
+        with torch.no_grad():
+            layer.parametrizations.weight.original.copy_(rot @ torch.diag(torch.tensor([1.0, 0.3])))
+        spectral.power_iteration(source)  # the trainer's per-step iteration on G
+        ema.update(step)
+    w = ema.model[0].parametrizations.weight.original
+    sigma = [sn for _, sn in spectral.sn_layers(ema.model)][0].sigma(w).item()
+    true = torch.linalg.matrix_norm(w, ord=2).item()
+    assert 0.4 < true < 0.65 and abs(sigma - true) < 0.02 * true, (sigma, true)
 
 
 def _trainer(tmp_path: Path, extra: str) -> Trainer:

@@ -75,8 +75,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
 from durable import why_not_written, write_durably, write_json
-from metrics import to_uint8
-from progress import Progress, track
+from metrics import hash_file_stats, to_uint8
+from progress import Progress
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MAX_BAD_FRACTION = 0.01  # training stops when more than 1% of the images cannot be decoded
@@ -839,17 +839,15 @@ class CachedImages(ReadableItems):
         return uint8_to_signed(torch.from_numpy(np.array(self.images[i]))), int(self.labels[i])  # (3, H, W), copied out of the map
 
 
-def cache_key(dataset: Dataset, spec: DataSpec) -> str:
+def cache_key(dataset: Dataset, spec: DataSpec, decode: str) -> str:
     """Changes when the images, their order, the dataset, the size or the decode change: the source files'
     names, sizes and modification times, and every item's name."""
     base, indices = unwrap(dataset)
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.dataset, spec.imsize, spec.draft, len(dataset)]).encode())
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.dataset, spec.imsize, decode, len(dataset)]).encode())
     files = base.source_files()
     if indices is not None and len(files) == len(base):  # one file per item: only the items used
         files = [files[j] for j in indices.tolist()]
-    for p in track(files, "data cache: checking the source files", len(files), "files"):
-        st = Path(p).stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    hash_file_stats(h, files, "data cache: checking the source files")
     for j in range(len(base)) if indices is None else indices.tolist():
         h.update(f"{base.name(j)}\n".encode())
     return h.hexdigest()[:16]
@@ -934,8 +932,8 @@ def cached_dataset(dataset: Dataset, spec: DataSpec) -> CachedImages:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatasetError(f"--data_cache {folder}: cannot create the folder ({e.strerror}); pass a writable folder") from None
-    key = cache_key(dataset, spec)
     decode = "full" if getattr(base, "draft", None) is None else "reduced"  # CelebA's pixel crop always decodes in full
+    key = cache_key(dataset, spec, decode)
     stem = folder / f"{spec.dataset}-{spec.imsize}px-{decode}-{key}"
     shape = (len(dataset), 3, spec.imsize, spec.imsize)
     with cache_lock(stem.with_suffix(".lock")):

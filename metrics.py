@@ -276,14 +276,19 @@ def reference_indices(size: int, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(size, n, replace=False))
 
 
+def hash_file_stats(h: "hashlib._Hash", files: list[Path], what: str) -> None:
+    """Feed each file's name, size and modification time into `h` (with a progress line for long lists)."""
+    for p in track(files, what, len(files), "files"):
+        st = Path(p).stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+
+
 def dataset_fingerprint(dataset: Dataset) -> str:
     """Changes when the data changes: the size, the source files' names, sizes and mtimes, 16 images' pixels."""
     h = hashlib.sha256(str(len(dataset)).encode())
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     files = getattr(base, "source_files", lambda: [])()
-    for p in track(files, "fingerprinting the dataset's files (names, sizes, dates)", len(files), "files"):
-        st = Path(p).stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    hash_file_stats(h, files, "fingerprinting the dataset's files (names, sizes, dates)")
     for i in np.unique(np.linspace(0, len(dataset) - 1, 16).round().astype(int)):
         h.update(to_uint8(dataset[int(i)][0]).numpy().tobytes())
     return h.hexdigest()

@@ -66,24 +66,36 @@ class Inert:
         return "<inert stand-in>"
 
 
-def _inert_call(*args: Any, **kwargs: Any) -> Inert:
-    return Inert()
+def _stand_in(full_name: str, make_class: bool = False) -> Any:
+    """A stand-in spelled `full_name` (its __module__ and __name__): torch before 2.6 matches allow-listed
+    globals by those names only (no (object, name) pairs). A class keeps pickled state away (Inert); a
+    function returns an Inert for any call."""
+    module, _, name = full_name.rpartition(".")
+    if make_class:
+        return type(name, (Inert,), {"__module__": module})
+
+    def call(*args: Any, **kwargs: Any) -> Inert:
+        return Inert()
+
+    call.__module__, call.__name__, call.__qualname__ = module, name, name
+    return call
 
 
 # Global names (as the pickles spell them) -> stand-in. Nothing else outside torch's defaults loads.
 STAND_INS = [
-    (_inert_call, "numpy.core.multiarray.scalar"),  # StudioGAN D file: best_fid, a numpy.float64
-    (_inert_call, "numpy._core.multiarray.scalar"),
-    (_inert_call, "numpy.core.multiarray._reconstruct"),  # mmagic 1.x: HistoryBuffer's numpy arrays
-    (_inert_call, "numpy._core.multiarray._reconstruct"),
-    (Inert, "numpy.ndarray"),
-    (Inert, "numpy.dtype"),
-    (Inert, "numpy.dtypes.Float64DType"),
-    (Inert, "numpy.dtypes.Float32DType"),
-    (Inert, "numpy.dtypes.Int64DType"),
-    (Inert, "mmengine.logging.history_buffer.HistoryBuffer"),  # mmagic 1.x message_hub log scalars
-    (_inert_call, "__builtin__.getattr"),  # HistoryBuffer's pickled statistics methods
-    (_inert_call, "builtins.getattr"),
+    _stand_in("numpy.core.multiarray.scalar"),  # StudioGAN D file: best_fid, a numpy.float64
+    _stand_in("numpy._core.multiarray.scalar"),
+    _stand_in("numpy.core.multiarray._reconstruct"),  # mmagic 1.x: HistoryBuffer's numpy arrays
+    _stand_in("numpy._core.multiarray._reconstruct"),
+    _stand_in("numpy.ndarray", make_class=True),
+    _stand_in("numpy.dtype", make_class=True),
+    _stand_in("numpy.dtypes.Float64DType", make_class=True),
+    _stand_in("numpy.dtypes.Float32DType", make_class=True),
+    _stand_in("numpy.dtypes.Int64DType", make_class=True),
+    _stand_in("mmengine.logging.history_buffer.HistoryBuffer", make_class=True),  # mmagic 1.x message_hub log scalars
+    _stand_in("__builtin__.getattr"),  # HistoryBuffer's pickled statistics methods
+    _stand_in("builtins.getattr"),
+    Inert,  # what the functions return: torch before 2.6 sets pickled state only on allow-listed types
 ]
 
 

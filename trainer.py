@@ -183,11 +183,12 @@ def attention_gammas(model: nn.Module) -> dict[str, float]:
 
 def rng_state(device: torch.device) -> dict:
     """The random state of this process: Python, numpy, torch's CPU generator and, on CUDA, the
-    generator of this process's own device only (not every visible GPU's)."""
+    generator of this process's own device only (not every visible GPU's). numpy's key is kept as int64:
+    torch before 2.6 cannot save uint32 tensors."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
         "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "device": device.type,
@@ -200,7 +201,7 @@ def set_rng_state(state: dict, device: torch.device) -> bool:
     GPU's state: this device's index is taken from them when it exists."""
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     saved = state.get("cuda") or []
     if device.type != "cuda":

@@ -14,6 +14,7 @@ The references' formats (StudioGAN, MMGeneration/mmagic, heykeetae) are read by 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,7 +23,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -191,6 +192,22 @@ def prune(folder: Path, keep: int) -> None:
             (folder / f"{s}.pt").unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def allowed_globals(stand_ins: list) -> Iterator[None]:
+    """torch.serialization.safe_globals, which torch 2.4 lacks: there the list is extended, then put back."""
+    if hasattr(torch.serialization, "safe_globals"):
+        with torch.serialization.safe_globals(stand_ins):
+            yield
+        return
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(stand_ins)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
 def torch_load(path: Path, stand_ins: list | None = None) -> Any:
     """torch.load(weights_only=True), with `stand_ins` allow-listed; failures become one CheckpointError line.
     A FIFO, device or other non-regular file is refused before it is opened (opening a FIFO blocks)."""
@@ -200,7 +217,7 @@ def torch_load(path: Path, stand_ins: list | None = None) -> Any:
     if kind == "file" and path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): a write was cut off or the file was truncated; pick another checkpoint")
     try:
-        with torch.serialization.safe_globals(stand_ins or []):
+        with allowed_globals(stand_ins or []):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)|reduce for ([\w.<>]+)", str(e))

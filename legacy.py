@@ -31,6 +31,7 @@ is no fallback to `weights_only=False`.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ STAND_INS = [
     _stand_in("mmengine.logging.history_buffer.HistoryBuffer", make_class=True),  # mmagic 1.x message_hub log scalars
     _stand_in("__builtin__.getattr"),  # HistoryBuffer's pickled statistics methods
     _stand_in("builtins.getattr"),
+    codecs.encode,  # bytes in mmagic 1.x's meta, pickled as _codecs.encode (allowed by default from torch 2.5)
     Inert,  # what the functions return: torch before 2.6 sets pickled state only on allow-listed types
 ]
 

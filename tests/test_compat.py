@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,9 @@ def test_the_references_files_load_with_torch_2_5s_lookup(path: Path, monkeypatc
     monkeypatch.setattr(unpickler, "_get_user_allowed_globals", _lookup_before_2_6)
     loaded = legacy.load_foreign(path)
     assert len(_tensors(loaded)) > 0
+
+
+@pytest.mark.parametrize("script", ["other_torch.sh", "gpu_check.sh"])
+def test_the_shell_scripts_parse(script: str) -> None:
+    r = subprocess.run(["bash", "-n", str(Path(__file__).parent / script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""The Fashion-MNIST ablation (issue 17): variants as flag sets over the normal run, seeds, resume, report."""
+"""The Fashion-MNIST ablation: variants as flag sets over the normal run, seeds, resume, report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Older torch releases (the README's supported range starts at 2.5), checked on the pinned torch.
+"""Older torch releases (the README's supported range starts at 2.4), checked on the pinned torch.
 
 Two things that work on the pinned torch and broke on torch 2.5 until they were changed:
 - torch before 2.6 cannot save a uint16/32/64 tensor, so a checkpoint may hold none (numpy's random key
@@ -20,21 +20,11 @@ import torch
 
 import legacy
 from main import main
+from test_reliability import flat_tensors
 from trainer import rng_state, set_rng_state
 
 PEERS = Path(__file__).parent / "data" / "peer_checkpoints"
 UNSIGNED_WIDE = {torch.uint16, torch.uint32, torch.uint64}
-
-
-def _tensors(obj: object) -> list[torch.Tensor]:
-    """Every tensor inside nested dicts, lists and tuples."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def test_a_checkpoint_holds_no_dtype_that_torch_2_5_cannot_save(workdir: Path) -> None:
@@ -43,7 +33,7 @@ def test_a_checkpoint_holds_no_dtype_that_torch_2_5_cannot_save(workdir: Path) -
                        "--use_tensorboard false --device cpu --version c --ema_decay 0.9 --ema_start 0")
     assert main(argv) == 0
     saved = torch.load(workdir / "models/c/2.pt", weights_only=True)
-    tensors = _tensors(saved)
+    tensors = list(flat_tensors(saved).values())
     assert len(tensors) > 50 and not {t.dtype for t in tensors} & UNSIGNED_WIDE
 
 
@@ -69,7 +59,7 @@ def test_the_references_files_load_with_torch_2_5s_lookup(path: Path, monkeypatc
 
     monkeypatch.setattr(unpickler, "_get_user_allowed_globals", _lookup_before_2_6)
     loaded = legacy.load_foreign(path)
-    assert len(_tensors(loaded)) > 0
+    assert len(flat_tensors(loaded)) > 0
 
 
 @pytest.mark.parametrize("script", ["other_torch.sh", "gpu_check.sh"])

@@ -70,7 +70,7 @@ def test_resolution_lists() -> None:
         resolutions("sixteen")
 
 
-# -- presets (issue 9) -----------------------------------------------------------------------------
+# -- presets --------------------------------------------------------------------------------------
 
 # (preset, G parameters, D parameters) as documented in docs/reproducing.md.
 PRESET_COUNTS = [

@@ -1,4 +1,4 @@
-"""Preemption and feedback (issue 16): stop signals to the process group (loader workers, torchrun ranks),
+"""Preemption and feedback: stop signals to the process group (loader workers, torchrun ranks),
 signals during a save, no new phase after a signal, progress lines, and bad input (round two)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reliability (issue 8): exact resume, kills at random moments, SIGTERM, divergence, bad input, safe loading."""
+"""Reliability: exact resume, kills at random moments, SIGTERM, divergence, bad input, safe loading."""
 
 from __future__ import annotations
 
@@ -30,21 +30,18 @@ BASE = shlex.split("--dataset shapes --max_images 32 --imsize 32 --g_conv_dim 8 
                    "--num_workers 0 --device cpu --log_step 1 --sample_step 100 --attn_samples 0 --use_tensorboard false --seed 5")
 
 
+def flat_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples, by its dotted path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: t for key, v in items for k, t in flat_tensors(v, f"{prefix}.{key}").items()}
+
+
 def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
     out = {}
-
-    def walk(prefix: str, obj: object) -> None:
-        if isinstance(obj, torch.Tensor):
-            out[prefix] = obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}", v)
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}.{i}", v)
-
     for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
-        walk(key, ckpt.get(key))
+        out.update(flat_tensors(ckpt.get(key), key))
     return out
 
 

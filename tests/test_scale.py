@@ -1,4 +1,4 @@
-"""Scale (issue 7): torchrun with Gloo on the CPU, the EMA generator, gradient accumulation."""
+"""Scale: torchrun with Gloo on the CPU, the EMA generator, gradient accumulation."""
 
 from __future__ import annotations
 

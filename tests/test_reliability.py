@@ -35,14 +35,11 @@ def flat_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return {prefix: obj}
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return {k: t for key, v in items for k, t in flat_tensors(v, f"{prefix}.{key}").items()}
+    return {k: t for key, v in items for k, t in flat_tensors(v, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
-    out = {}
-    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
-        out.update(flat_tensors(ckpt.get(key), key))
-    return out
+    return flat_tensors({key: ckpt.get(key) for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler")})
 
 
 @pytest.mark.slow

@@ -324,6 +324,21 @@ def restore_rng(ckpt: dict, path: Path, dist: DistEnv, device: torch.device) -> 
     return exact
 
 
+def apply_schedule(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.StepLR, lr: float, step_size: int,
+                   gamma: float) -> bool:
+    """Make a restored optimizer and StepLR follow these flags (a resumed run's --*_lr, --lr_decay_step and
+    --lr_decay); the rate becomes lr * gamma ** (step // step_size). False, touching nothing, when the
+    checkpoint already had this schedule (a plain resume stays bit for bit)."""
+    if (sched.step_size, sched.gamma, sched.base_lrs) == (step_size, gamma, [lr] * len(sched.base_lrs)):
+        return False
+    sched.step_size, sched.gamma, sched.base_lrs = step_size, gamma, [lr] * len(sched.base_lrs)
+    now = lr * gamma ** (sched.last_epoch // step_size)
+    for group in opt.param_groups:
+        group["initial_lr"], group["lr"] = lr, now
+    sched._last_lr = [now] * len(opt.param_groups)
+    return True
+
+
 class Preempted(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved (main.py exits with 3)."""
 
@@ -564,6 +579,12 @@ class Trainer:
             return path
         for obj, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d"), (self.sched_g, "sched_g"), (self.sched_d, "sched_d")):
             obj.load_state_dict(ckpt[key])
+        for name, opt, sched, lr in (("G", self.opt_g, self.sched_g, self.opts.g_lr), ("D", self.opt_d, self.sched_d, self.opts.d_lr)):
+            saved = (sched.base_lrs[0], sched.step_size, sched.gamma)
+            if apply_schedule(opt, sched, lr, self.opts.lr_decay_step, self.opts.lr_decay) and self.dist.is_main:
+                print(f"note: {path} trained {name} at lr {saved[0]:g} x {saved[2]:g} every {saved[1]:,} steps; resumed with "
+                      f"lr {lr:g} x {self.opts.lr_decay:g} every {self.opts.lr_decay_step:,} steps (now {opt.param_groups[0]['lr']:g})",
+                      flush=True)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         data = {"epoch": 0, "batch": 0, "world": 1, "batch_size": self.opts.batch_size, **ckpt.get("data", {})}

@@ -52,6 +52,7 @@ def test_resume_is_bit_identical(workdir: Path, extra: str, capsys: pytest.Captu
     assert main(argv + ["--version", "half", "--total_step", "6", "--model_save_step", "6", "--pretrained_model", "latest"]) == 0
     out = capsys.readouterr().out
     assert "step 4/6" in out and "step 3/6" not in out  # the log continues without repeating a step
+    assert "resumed with lr" not in out  # the same flags: the saved schedule is kept untouched
     full = load_checkpoint(workdir / "models/full/6.pt")
     half = load_checkpoint(workdir / "models/half/6.pt")
     a, b = _flat_state(full), _flat_state(half)
@@ -61,6 +62,23 @@ def test_resume_is_bit_identical(workdir: Path, extra: str, capsys: pytest.Captu
     assert full["data"] == half["data"] and full["data"]["epoch"] >= 1
     if "--ema" in extra:
         assert full["G_ema"] is not None
+
+
+def test_resume_follows_a_changed_learning_rate_schedule(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = BASE + ["--version", "sched", "--g_lr", "0.001", "--d_lr", "0.002", "--lr_decay", "0.5"]
+    assert main(argv + ["--total_step", "3", "--model_save_step", "3", "--lr_decay_step", "2"]) == 0
+    saved = load_checkpoint(workdir / "models/sched/3.pt")
+    assert [g["lr"] for g in saved["opt_g"]["param_groups"]] == [0.0005]  # decayed at step 2
+    capsys.readouterr()
+    assert main(argv + ["--total_step", "5", "--model_save_step", "5", "--lr_decay_step", "4", "--g_lr", "0.0008",
+                        "--pretrained_model", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "trained G at lr 0.001 x 0.5 every 2 steps; resumed with lr 0.0008 x 0.5 every 4 steps (now 0.0008)" in out
+    assert "trained D at lr 0.002 x 0.5 every 2 steps; resumed with lr 0.002 x 0.5 every 4 steps (now 0.002)" in out
+    end = load_checkpoint(workdir / "models/sched/5.pt")
+    assert [g["lr"] for g in end["opt_g"]["param_groups"]] == [0.0004]  # 0.0008 halved once, at step 4
+    assert [g["lr"] for g in end["opt_d"]["param_groups"]] == [0.001]
+    assert end["sched_g"]["step_size"] == 4 and end["sched_g"]["base_lrs"] == [0.0008]
 
 
 def _train_cmd(version: str, extra: list[str]) -> list[str]:

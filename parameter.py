@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--g_lr", type=float, default=1e-4, help="G learning rate (TTUR: the paper's 1e-4)")
     t.add_argument("--d_lr", type=float, default=4e-4, help="D learning rate (TTUR: the paper's 4e-4)")
     t.add_argument("--lr_decay", type=float, default=1.0, help="multiply both learning rates by this every --lr_decay_step steps")
-    t.add_argument("--lr_decay_step", type=positive_step, default=10_000, help="steps between learning-rate decays (see --lr_decay)")
+    t.add_argument("--lr_decay_step", type=positive_step, default=10_000, help="steps between learning-rate decays (see --lr_decay); a resume follows a changed value")
     t.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (the paper: 0)")
     t.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (the official code: 0.999; the paper: 0.9)")
     t.add_argument("--adam_eps", type=float, default=1e-8, help="Adam eps (torch, official, MMGeneration 1e-8; StudioGAN 1e-6)")

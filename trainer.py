@@ -325,18 +325,19 @@ def restore_rng(ckpt: dict, path: Path, dist: DistEnv, device: torch.device) -> 
 
 
 def apply_schedule(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.StepLR, lr: float, step_size: int,
-                   gamma: float) -> bool:
+                   gamma: float) -> tuple[float, int, float] | None:
     """Make a restored optimizer and StepLR follow these flags (a resumed run's --*_lr, --lr_decay_step and
-    --lr_decay); the rate becomes lr * gamma ** (step // step_size). False, touching nothing, when the
-    checkpoint already had this schedule (a plain resume stays bit for bit)."""
-    if (sched.step_size, sched.gamma, sched.base_lrs) == (step_size, gamma, [lr] * len(sched.base_lrs)):
-        return False
-    sched.step_size, sched.gamma, sched.base_lrs = step_size, gamma, [lr] * len(sched.base_lrs)
+    --lr_decay); the rate becomes lr * gamma ** (step // step_size). Returns the checkpoint's (lr, step_size,
+    gamma) when they differed; None, touching nothing, when they agree (a plain resume stays bit for bit)."""
+    saved, lrs = (sched.base_lrs[0], sched.step_size, sched.gamma), [lr] * len(sched.base_lrs)
+    if (sched.base_lrs, sched.step_size, sched.gamma) == (lrs, step_size, gamma):
+        return None
+    sched.base_lrs, sched.step_size, sched.gamma = lrs, step_size, gamma
     now = lr * gamma ** (sched.last_epoch // step_size)
     for group in opt.param_groups:
         group["initial_lr"], group["lr"] = lr, now
     sched._last_lr = [now] * len(opt.param_groups)
-    return True
+    return saved
 
 
 class Preempted(Exception):
@@ -580,8 +581,8 @@ class Trainer:
         for obj, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d"), (self.sched_g, "sched_g"), (self.sched_d, "sched_d")):
             obj.load_state_dict(ckpt[key])
         for name, opt, sched, lr in (("G", self.opt_g, self.sched_g, self.opts.g_lr), ("D", self.opt_d, self.sched_d, self.opts.d_lr)):
-            saved = (sched.base_lrs[0], sched.step_size, sched.gamma)
-            if apply_schedule(opt, sched, lr, self.opts.lr_decay_step, self.opts.lr_decay) and self.dist.is_main:
+            saved = apply_schedule(opt, sched, lr, self.opts.lr_decay_step, self.opts.lr_decay)
+            if saved and self.dist.is_main:
                 print(f"note: {path} trained {name} at lr {saved[0]:g} x {saved[2]:g} every {saved[1]:,} steps; resumed with "
                       f"lr {lr:g} x {self.opts.lr_decay:g} every {self.opts.lr_decay_step:,} steps (now {opt.param_groups[0]['lr']:g})",
                       flush=True)

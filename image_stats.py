@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 from checkpoints import CheckpointError, load_generator
 from data_loader import DatasetError, DataSpec, build_dataset, unwrap
 from metrics import EvalError
+from sagan_models import sample
 
 STATS = ("brightness", "area", "spread", "detail")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -66,20 +66,14 @@ def real_by_class(dataset: torch.utils.data.Dataset, num_classes: int, n: int) -
     return out
 
 
-@torch.no_grad()
-def generated_by_class(G: nn.Module, z_dim: int, num_classes: int, n: int, seed: int = 0,
-                       batch: int = 500) -> dict[int, np.ndarray]:
-    """n samples of each class from G (in eval mode), grey, in [0, 1]; the noise from its own seeded stream."""
+def generated_by_class(G: nn.Module, n: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """n samples of each class from G (eval mode), grey, in [0, 1]; the noise from its own seeded stream."""
     gen = torch.Generator().manual_seed(seed)
     device = next(G.parameters()).device
     out = {}
-    for c in range(num_classes):
-        parts = []
-        for start in range(0, n, batch):
-            b = min(batch, n - start)
-            z = torch.randn(b, z_dim, generator=gen).to(device)  # (b, z_dim)
-            parts.append(to_grey(G(z, torch.full((b,), c, dtype=torch.long, device=device)).cpu()))
-        out[c] = np.concatenate(parts)
+    for c in range(G.cfg.num_classes):
+        z = torch.randn(n, G.cfg.z_dim, generator=gen).to(device)  # (n, z_dim)
+        out[c] = to_grey(sample(G, z, torch.full((n,), c, dtype=torch.long, device=device), batch_size=500).cpu())
     return out
 
 
@@ -88,17 +82,13 @@ def table(real: dict[int, np.ndarray], fake: dict[int, np.ndarray], names: list[
     def q(v: np.ndarray) -> str:
         return "/".join(f"{x:.2f}" for x in np.quantile(v, QUANTILES)) if len(v) else "-"
 
+    def line(name: str, r: dict[str, np.ndarray], f: dict[str, np.ndarray]) -> str:
+        return f"{name[:12]:12s}" + "".join(f"{q(r[k]) + ' | ' + q(f[k]):>36s}" for k in STATS)
+
+    per_class = {c: (image_stats(real[c]), image_stats(fake[c])) for c in sorted(real)}  # (real, generated)
+    joined = [{k: np.concatenate([rf[side][k] for rf in per_class.values()]) for k in STATS} for side in (0, 1)]
     rows = [f"{'q10/q50/q90':12s}" + "".join(f"{s + ': real | generated':>36s}" for s in STATS)]
-    r_all = {k: [] for k in STATS}
-    f_all = {k: [] for k in STATS}
-    for c in sorted(real):
-        r, f = image_stats(real[c]) if len(real[c]) else {k: np.zeros(0) for k in STATS}, image_stats(fake[c])
-        for k in STATS:
-            r_all[k].append(r[k])
-            f_all[k].append(f[k])
-        rows.append(f"{names[c][:12]:12s}" + "".join(f"{q(r[k]) + ' | ' + q(f[k]):>36s}" for k in STATS))
-    rows.append(f"{'all':12s}" + "".join(f"{q(np.concatenate(r_all[k])) + ' | ' + q(np.concatenate(f_all[k])):>36s}"
-                                        for k in STATS))
+    rows += [line(names[c], r, f) for c, (r, f) in per_class.items()] + [line("all", *joined)]
     return "\n".join(rows)
 
 
@@ -126,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvalError(f"{lg.path} draws {cfg.num_classes} classes, --dataset {a.dataset} has {num_classes}; "
                             "pass the dataset the run was trained on")
         real = real_by_class(dataset, num_classes, a.n)
-        fake = generated_by_class(lg.G, cfg.z_dim, num_classes, a.n, a.seed)
+        fake = generated_by_class(lg.G, a.n, a.seed)
     except (CheckpointError, DatasetError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from checkpoints import CheckpointError, load_generator
-from data_loader import DatasetError, DataSpec, build_dataset, unwrap
+from data_loader import DatasetError, DataSpec, build_dataset, dataset_info, unwrap
 from metrics import EvalError
 from sagan_models import sample
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DatasetError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = list(getattr(unwrap(dataset)[0], "class_names", [str(c) for c in range(num_classes)]))
+    names = list(dataset_info(a.dataset).class_names) or [str(c) for c in range(num_classes)]
     print(f"{lg.path} (step {lg.step}, {'EMA' if lg.ema else 'raw'} G), {a.n} images per class, foreground > {FOREGROUND}")
     print(table(real, fake, names))
     return 0

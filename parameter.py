@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sn_eps", type=float, default=1e-12, help="spectral-norm eps")
     a.add_argument("--d_relu_shortcut", type=str2bool, default=False,
                    help="D's block shortcut receives relu(x) (StudioGAN's in-place ReLU; MMGeneration's 'inplace ReLU' rows)")
+    a.add_argument("--d_mbstd", type=non_negative, default=0, metavar="GROUP",
+                   help="resnet: a minibatch-standard-deviation feature map (ProGAN/StyleGAN2) over groups of GROUP images "
+                        "before D's last block (not in SAGAN; 0: off)")
     a.add_argument("--sn_layers", type=str, default="all", choices=SN_LAYERS,
                    help="dcgan: spectral norm on every layer (all, the paper) or on the up/down convs only (port, heykeetae)")
     a.add_argument("--convt_sn_dim", type=int, default=1, choices=CONVT_SN_DIMS,

@@ -77,6 +77,10 @@ them too):
 4. Attention placement at 128 px defaults to feat64 (StudioGAN, MMGeneration, BigGAN-PyTorch, the
    paper's headline 52.52/18.65 row). The official training script wires feat32: pass
    g_attn=(32,), d_attn=(32,) to get it.
+
+An extension that no SAGAN reference has, off by default: `d_mbstd` (ResNet D only) appends ProGAN's
+minibatch standard deviation (Karras et al. 2018, section 3; StyleGAN2's `MinibatchStdLayer` with one
+feature map) before D's last block, whose input then has one more channel and, so, a 1x1 shortcut conv.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class ModelConfig:
     d_relu_shortcut: bool = False  # StudioGAN's D, MMGeneration's "inplace ReLU" rows: D's shortcut receives relu(x)
     sn_layers: str = "all"  # dcgan: "all" (the paper: every layer) or "port" (heykeetae: up/down convs only)
     convt_sn_dim: int = 1  # dcgan: the ConvTranspose SN matrix, 1 = (out, in*k*k) as torch, 0 = (in, out*k*k) as heykeetae
+    d_mbstd: int = 0  # resnet: group size of a minibatch-std feature map before D's last block (MinibatchStd); 0: none
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -176,6 +181,10 @@ class ModelConfig:
             raise ValueError(f"convt_sn_dim must be 1 (torch) or 0 (heykeetae), got {self.convt_sn_dim}")
         if self.arch != "dcgan" and (self.sn_layers != "all" or self.convt_sn_dim != 1):
             raise ValueError("sn_layers 'port' and convt_sn_dim 0 describe heykeetae's DCGAN layout; use them with arch dcgan")
+        if self.d_mbstd < 0 or self.d_mbstd == 1:
+            raise ValueError(f"d_mbstd is a group size of at least 2 (0: off), got {self.d_mbstd}")
+        if self.d_mbstd and self.arch != "resnet":
+            raise ValueError("d_mbstd adds a feature map before the ResNet D's last block; use it with arch resnet")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -461,6 +470,29 @@ class DBlock(nn.Module):
         return h + s
 
 
+class MinibatchStd(nn.Module):
+    """Karras et al. 2018 (ProGAN, section 3), as StyleGAN2's `MinibatchStdLayer` with one feature map.
+
+    The batch splits into groups of `group` images (image i joins group slot i % (B / group)); within each
+    group, the standard deviation of every feature over the group's images, averaged over features and
+    positions, is one number. It is appended to each of the group's images as a constant channel, so D
+    can tell a batch of alike images from a varied one. A batch that `group` does not divide uses its
+    largest divisor below `group`.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        g = max(d for d in range(1, min(self.group, B) + 1) if B % d == 0)
+        y = x.float().reshape(g, B // g, C, H, W)  # (g, M, C, H, W)
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (M,)
+        y = y.reshape(1, B // g, 1, 1, 1).expand(g, -1, 1, H, W).reshape(B, 1, H, W)  # (B, 1, H, W)
+        return torch.cat([x, y.to(x.dtype)], dim=1)  # (B, C+1, H, W)
+
+
 # ----------------------------------------------------------------------------------------------
 # DCGAN layers (heykeetae sagan_models.py)
 
@@ -658,8 +690,12 @@ class Discriminator(nn.Module):
 
         res, cin = cfg.imsize, 3
         if cfg.arch == "resnet":
-            for i, (mult, down) in enumerate(RESNET_D[cfg.imsize]):
+            table = RESNET_D[cfg.imsize]
+            for i, (mult, down) in enumerate(table):
                 cout = mult * cfg.d_conv_dim
+                if cfg.d_mbstd and i == len(table) - 1:
+                    self.blocks.append(MinibatchStd(cfg.d_mbstd))
+                    cin += 1
                 self.blocks.append(DBlock(cin, cout, down, i == 0, eps, cfg.d_relu_shortcut))
                 res //= 2 if down else 1
                 add_attn(res, cout)

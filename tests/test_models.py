@@ -13,6 +13,7 @@ from sagan_models import (
     CondBatchNorm2d,
     Discriminator,
     Generator,
+    MinibatchStd,
     ModelConfig,
     SelfAttention,
     count_params,
@@ -147,6 +148,8 @@ def test_labels_required_when_conditional() -> None:
         (dict(span=-1), "span must be >= 0"),
         (dict(sn_layers="port"), "use them with arch dcgan"),
         (dict(arch="dcgan", convt_sn_dim=2), "convt_sn_dim must be 1"),
+        (dict(d_mbstd=1), "d_mbstd is a group size of at least 2"),
+        (dict(arch="dcgan", d_mbstd=4), "use it with arch resnet"),
     ],
 )
 def test_impossible_configs_raise_value_error(kwargs: dict, match: str) -> None:
@@ -259,3 +262,34 @@ def test_standing_stats_average_fresh_batches_and_leave_g_untouched() -> None:
     assert torch.allclose(first.running_mean, torch.stack(seen).mean(0), atol=1e-5)
     z = torch.randn(4, cfg.z_dim)
     assert (sample(S, z, torch.arange(4)) - sample(G, z, torch.arange(4))).abs().max() > 0.1  # the stale statistics mattered
+
+
+def test_minibatch_std_matches_a_loop_over_groups() -> None:
+    x = torch.randn(8, 5, 3, 3)
+    out = MinibatchStd(4)(x)  # groups {0, 2, 4, 6} and {1, 3, 5, 7}
+    assert out.shape == (8, 6, 3, 3) and torch.equal(out[:, :5], x)
+    for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
+        g = x[members]  # (4, C, H, W)
+        want = ((g - g.mean(0)).square().mean(0) + 1e-8).sqrt().mean()
+        for i in members:
+            torch.testing.assert_close(out[i, 5], torch.full((3, 3), want.item()))
+    same = MinibatchStd(4)(x[:1].expand(4, -1, -1, -1))  # four copies of one image: no spread
+    torch.testing.assert_close(same[:, 5], torch.full((4, 3, 3), 1e-4))
+    assert MinibatchStd(4)(x[:6]).shape == (6, 6, 3, 3)  # 6 images: groups of 3, the largest divisor below 4
+    torch.testing.assert_close(MinibatchStd(4)(x[:1])[0, 5], torch.full((3, 3), 1e-4))  # one image: its own group
+
+
+def test_minibatch_std_d_sees_its_group_only() -> None:
+    cfg = _tiny("resnet", 32, 3, d_mbstd=2)
+    d = Discriminator(cfg).eval()
+    kinds = [type(b).__name__ for b in d.blocks]
+    assert kinds == ["DBlock", "SelfAttention", "DBlock", "DBlock", "MinibatchStd", "DBlock"]  # before the last block
+    assert d.blocks[-1].conv1.in_channels == d.blocks[-2 - 1].conv2.out_channels + 1
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])  # groups {0, 2} and {1, 3}
+    x2 = x.clone()
+    x2[2] = torch.randn(3, 32, 32)
+    with torch.no_grad():
+        a, b = d(x, y), d(x2, y)
+    assert a[0] != b[0] and torch.equal(a[[1, 3]], b[[1, 3]])
+    blocks = [type(b).__name__ for b in Discriminator(_tiny("resnet", 32, 3)).blocks]
+    assert "MinibatchStd" not in blocks and ModelConfig().d_mbstd == 0  # off unless asked (and in older checkpoints)

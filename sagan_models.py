@@ -473,11 +473,11 @@ class DBlock(nn.Module):
 class MinibatchStd(nn.Module):
     """Karras et al. 2018 (ProGAN, section 3), as StyleGAN2's `MinibatchStdLayer` with one feature map.
 
-    The batch splits into groups of `group` images (image i joins group slot i % (B / group)); within each
+    The batch splits into groups of `group` images (image i belongs to group i % (B / group)); within each
     group, the standard deviation of every feature over the group's images, averaged over features and
     positions, is one number. It is appended to each of the group's images as a constant channel, so D
-    can tell a batch of alike images from a varied one. A batch that `group` does not divide uses its
-    largest divisor below `group`.
+    can tell a batch of look-alikes from a varied one. A batch that `group` does not divide uses its
+    largest divisor smaller than `group`.
     """
 
     def __init__(self, group: int) -> None:

@@ -284,7 +284,7 @@ def test_minibatch_std_d_sees_its_group_only() -> None:
     d = Discriminator(cfg).eval()
     kinds = [type(b).__name__ for b in d.blocks]
     assert kinds == ["DBlock", "SelfAttention", "DBlock", "DBlock", "MinibatchStd", "DBlock"]  # before the last block
-    assert d.blocks[-1].conv1.in_channels == d.blocks[-2 - 1].conv2.out_channels + 1
+    assert d.blocks[-1].conv1.in_channels == d.blocks[-3].conv2.out_channels + 1
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])  # groups {0, 2} and {1, 3}
     x2 = x.clone()
     x2[2] = torch.randn(3, 32, 32)

@@ -489,7 +489,7 @@ class MinibatchStd(nn.Module):
         g = max(d for d in range(1, min(self.group, B) + 1) if B % d == 0)
         y = x.float().reshape(g, B // g, C, H, W)  # (g, M, C, H, W)
         y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (M,)
-        y = y.reshape(1, B // g, 1, 1, 1).expand(g, -1, 1, H, W).reshape(B, 1, H, W)  # (B, 1, H, W)
+        y = y.repeat(g).reshape(B, 1, 1, 1).expand(B, 1, H, W)  # (B, 1, H, W): image i gets y[i % M]
         return torch.cat([x, y.to(x.dtype)], dim=1)  # (B, C+1, H, W)
 
 

@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--d_mbstd", type=non_negative, default=0, metavar="GROUP",
                    help="resnet: a minibatch-standard-deviation feature map (ProGAN/StyleGAN2) over groups of GROUP images "
                         "before D's last block (not in SAGAN; 0: off)")
+    a.add_argument("--g_shared_dim", type=non_negative, default=0, metavar="DIM",
+                   help="resnet, labelled data: one shared class embedding of DIM that bias-free linear layers map to each "
+                        "conditional BN's gain and bias (BigGAN; 0: a class table per BN, as SAGAN)")
+    a.add_argument("--g_hier", type=str2bool, default=False,
+                   help="with --g_shared_dim: split z into equal chunks, one for G's first layer and one appended to the "
+                        "class embedding of each G block (BigGAN's hierarchical latent)")
     a.add_argument("--sn_layers", type=str, default="all", choices=SN_LAYERS,
                    help="dcgan: spectral norm on every layer (all, the paper) or on the up/down convs only (port, heykeetae)")
     a.add_argument("--convt_sn_dim", type=int, default=1, choices=CONVT_SN_DIMS,

@@ -81,6 +81,15 @@ them too):
 An extension that no SAGAN reference has, off by default: `d_mbstd` (ResNet D only) appends ProGAN's
 minibatch standard deviation (Karras et al. 2018, section 3; StyleGAN2's `MinibatchStdLayer` with one
 feature map) before D's last block, whose input then has one more channel and, so, a 1x1 shortcut conv.
+
+BigGAN's class conditioning in G (Brock et al. 2019, section 3 and appendix B; BigGAN-PyTorch's
+`G_shared`, `shared_dim` and `hier`), also off by default and ResNet only:
+- `g_shared_dim` > 0: one class embedding (B, g_shared_dim), shared by all blocks and not spectrally
+  normalised, in place of SAGAN's per-BN class tables. Each conditional BN maps it to its gain and bias
+  with bias-free linear layers, spectrally normalised when G is (`g_sn`), as BigGAN's `ccbn`.
+- `g_hier`: z is split into equal chunks, one per G block plus one for the head, which then takes only
+  its chunk. Each block's BNs receive [embedding, the block's chunk]. BigGAN rounds z_dim down to a
+  multiple of the chunk count; we refuse a z_dim that does not divide instead, so z keeps the size asked.
 """
 
 from __future__ import annotations
@@ -157,6 +166,8 @@ class ModelConfig:
     sn_layers: str = "all"  # dcgan: "all" (the paper: every layer) or "port" (heykeetae: up/down convs only)
     convt_sn_dim: int = 1  # dcgan: the ConvTranspose SN matrix, 1 = (out, in*k*k) as torch, 0 = (in, out*k*k) as heykeetae
     d_mbstd: int = 0  # resnet: group size of a minibatch-std feature map before D's last block (MinibatchStd); 0: none
+    g_shared_dim: int = 0  # resnet: a shared class embedding of this size that SN-linear layers map to each CBN (BigGAN); 0: tables
+    g_hier: bool = False  # resnet, with g_shared_dim: z split into one chunk for the head and one per G block (BigGAN)
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -185,6 +196,16 @@ class ModelConfig:
             raise ValueError(f"d_mbstd is a group size of at least 2 (0: off), got {self.d_mbstd}")
         if self.d_mbstd and self.arch != "resnet":
             raise ValueError("d_mbstd adds a feature map before the ResNet D's last block; use it with arch resnet")
+        if self.g_shared_dim < 0:
+            raise ValueError(f"g_shared_dim must be >= 0 (0: per-class tables in every CBN), got {self.g_shared_dim}")
+        if self.g_shared_dim and (self.arch != "resnet" or self.num_classes < 1):
+            raise ValueError("g_shared_dim embeds class labels for the ResNet G's conditional BN; use it with arch resnet "
+                             "and a labelled dataset")
+        if self.g_shared_dim and self.cbn_sn:
+            raise ValueError("cbn_sn normalises the per-class CBN tables; with g_shared_dim the CBN projections follow "
+                             "g_sn, as in BigGAN: drop one of the two")
+        if self.g_hier and not self.g_shared_dim:
+            raise ValueError("g_hier appends a chunk of z to the shared class embedding; set g_shared_dim as well")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -192,6 +213,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        if self.g_hier and self.z_dim % z_slots(self):
+            raise ValueError(f"g_hier splits z into {z_slots(self)} equal chunks (the head and each G block) at "
+                             f"{self.imsize} px; z_dim {self.z_dim} is not divisible by {z_slots(self)}")
         g_def, d_def = DEFAULT_ATTN[self.arch][self.imsize]
         g_attn = g_def if self.g_attn is None else self.g_attn
         d_attn = d_def if self.d_attn is None else self.d_attn
@@ -228,6 +252,11 @@ class ModelConfig:
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+def z_slots(cfg: ModelConfig) -> int:
+    """How many chunks z is split into with g_hier: one for the head, one per ResNet G block."""
+    return len(RESNET_G[cfg.imsize]) if cfg.g_hier else 1
 
 
 def g_channels(cfg: ModelConfig) -> dict[int, int]:
@@ -272,15 +301,21 @@ def conv(cin: int, cout: int, k: int, sn: bool, eps: float, bias: bool = True) -
 
 
 class CondBatchNorm2d(nn.Module):
-    """BatchNorm whose gain 1 + delta(y) and bias beta(y) are per-class tables; plain affine BN if no classes."""
+    """BatchNorm whose gain 1 + delta(y) and bias beta(y) are per-class tables; plain affine BN if no classes.
 
-    def __init__(self, channels: int, num_classes: int, eps: float, sn: bool = False, sn_eps: float = 1e-12) -> None:
+    With `cond_dim` > 0, y is a (B, cond_dim) vector (a shared class embedding, and with hierarchical z a
+    chunk of z) and delta, beta are bias-free linear maps of it, BigGAN-PyTorch's `layers.ccbn`."""
+
+    def __init__(self, channels: int, num_classes: int, eps: float, sn: bool = False, sn_eps: float = 1e-12,
+                 cond_dim: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(channels, eps=eps, affine=num_classes == 0)
         if num_classes > 0:
-            self.gain = _sn(nn.Embedding(num_classes, channels), sn, sn_eps)
-            self.bias = _sn(nn.Embedding(num_classes, channels), sn, sn_eps)
+            def table() -> nn.Module:
+                return nn.Linear(cond_dim, channels, bias=False) if cond_dim else nn.Embedding(num_classes, channels)
+            self.gain = _sn(table(), sn, sn_eps)
+            self.bias = _sn(table(), sn, sn_eps)
 
     def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
         h = self.bn(x)
@@ -429,9 +464,11 @@ class GBlock(nn.Module):
     def __init__(self, cin: int, cout: int, cfg: ModelConfig) -> None:
         super().__init__()
         sn, eps = cfg.g_sn, cfg.sn_eps
-        self.bn1 = CondBatchNorm2d(cin, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, eps)
+        cond_dim = cfg.g_shared_dim + (cfg.z_dim // z_slots(cfg) if cfg.g_hier else 0)
+        cbn_sn = sn if cond_dim else cfg.cbn_sn  # BigGAN: the CBN projections of a shared embedding are G's SN linears
+        self.bn1 = CondBatchNorm2d(cin, cfg.num_classes, cfg.bn_eps, cbn_sn, eps, cond_dim)
         self.conv1 = conv(cin, cout, 3, sn, eps)
-        self.bn2 = CondBatchNorm2d(cout, cfg.num_classes, cfg.bn_eps, cfg.cbn_sn, eps)
+        self.bn2 = CondBatchNorm2d(cout, cfg.num_classes, cfg.bn_eps, cbn_sn, eps, cond_dim)
         self.conv2 = conv(cout, cout, 3, sn, eps)
         self.shortcut = conv(cin, cout, 1, sn, eps)
 
@@ -581,8 +618,10 @@ def set_attention_backend(model: nn.Module, backend: str) -> None:
 # Networks
 
 
-def _run(blocks: nn.ModuleList, h: Tensor, y: Tensor | None, attn_maps: list[Tensor] | None, cond: bool) -> Tensor:
-    """Apply blocks and attention layers in order, collecting attention maps when asked."""
+def _run(blocks: nn.ModuleList, h: Tensor, ys: Sequence[Tensor | None] | None, attn_maps: list[Tensor] | None) -> Tensor:
+    """Apply blocks and attention layers in order, collecting attention maps when asked. `ys`: what each
+    conditional block (GBlock, UpConv) receives, one entry per such block in order; None in D."""
+    k = 0
     for block in blocks:
         if isinstance(block, SelfAttention):
             if attn_maps is None:
@@ -590,8 +629,11 @@ def _run(blocks: nn.ModuleList, h: Tensor, y: Tensor | None, attn_maps: list[Ten
             else:
                 h, a = block(h, return_attn=True)
                 attn_maps.append(a)
+        elif isinstance(block, (GBlock, UpConv)):
+            h = block(h, ys[k])
+            k += 1
         else:
-            h = block(h, y) if cond else block(h)
+            h = block(h)
     return h
 
 
@@ -620,7 +662,9 @@ class Generator(nn.Module):
 
         if cfg.arch == "resnet":
             chans = [m * cfg.g_conv_dim for m in RESNET_G[cfg.imsize]]
-            self.head = _sn(nn.Linear(cfg.z_dim, chans[0] * 16), sn, eps)
+            if cfg.g_shared_dim:
+                self.shared = nn.Embedding(cfg.num_classes, cfg.g_shared_dim)  # no SN, as BigGAN's G.shared
+            self.head = _sn(nn.Linear(cfg.z_dim // z_slots(cfg), chans[0] * 16), sn, eps)
             for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:]), start=1):
                 self.blocks.append(GBlock(cin, cout, cfg))
                 add_attn(4 * 2**i, cout)
@@ -639,12 +683,19 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         _check_labels(self.cfg.num_classes, y, z.shape[0])
         maps: list[Tensor] | None = [] if return_attn else None
+        n_cond = sum(isinstance(b, (GBlock, UpConv)) for b in self.blocks)
         if self.cfg.arch == "resnet":
-            h = self.head(z).view(z.shape[0], -1, 4, 4)  # (B, C0, 4, 4)
-            h = _run(self.blocks, h, y, maps, cond=True)  # (B, C, imsize, imsize)
+            zs = z.chunk(z_slots(self.cfg), dim=1)  # (B, z_dim / slots) each; one chunk without g_hier
+            if self.cfg.g_shared_dim:
+                e = self.shared(y)  # (B, shared_dim)
+                ys = [torch.cat([e, zk], dim=1) for zk in zs[1:]] if self.cfg.g_hier else [e] * n_cond
+            else:
+                ys = [y] * n_cond
+            h = self.head(zs[0]).view(z.shape[0], -1, 4, 4)  # (B, C0, 4, 4)
+            h = _run(self.blocks, h, ys, maps)  # (B, C, imsize, imsize)
             h = self.conv_out(F.relu(self.bn_out(h)))
         else:
-            h = _run(self.blocks, z[:, :, None, None], y, maps, cond=True)  # (B, C, imsize/2, imsize/2)
+            h = _run(self.blocks, z[:, :, None, None], [y] * n_cond, maps)  # (B, C, imsize/2, imsize/2)
             h = self.conv_out(h)
         img = torch.tanh(h)  # (B, 3, imsize, imsize)
         return (img, maps) if return_attn else img
@@ -715,7 +766,7 @@ class Discriminator(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         _check_labels(self.cfg.num_classes, y, x.shape[0])
         maps: list[Tensor] | None = [] if return_attn else None
-        h = _run(self.blocks, x, None, maps, cond=False)  # (B, C, 4, 4)
+        h = _run(self.blocks, x, None, maps)  # (B, C, 4, 4)
         if self.cfg.arch == "resnet":
             h = F.relu(h).sum(dim=(2, 3))  # (B, C): global sum pool
             out = self.head(h).squeeze(1)  # (B,)

@@ -150,6 +150,11 @@ def test_labels_required_when_conditional() -> None:
         (dict(arch="dcgan", convt_sn_dim=2), "convt_sn_dim must be 1"),
         (dict(d_mbstd=1), "d_mbstd is a group size of at least 2"),
         (dict(arch="dcgan", d_mbstd=4), "use it with arch resnet"),
+        (dict(num_classes=0, g_shared_dim=8), "use it with arch resnet and a labelled dataset"),
+        (dict(arch="dcgan", num_classes=3, g_shared_dim=8), "use it with arch resnet and a labelled dataset"),
+        (dict(num_classes=3, g_hier=True), "set g_shared_dim as well"),
+        (dict(num_classes=3, g_shared_dim=8, cbn_sn=True), "drop one of the two"),
+        (dict(imsize=128, num_classes=3, g_shared_dim=8, g_hier=True), "z_dim 128 is not divisible by 6"),
     ],
 )
 def test_impossible_configs_raise_value_error(kwargs: dict, match: str) -> None:
@@ -293,3 +298,48 @@ def test_minibatch_std_d_sees_its_group_only() -> None:
     assert a[0] != b[0] and torch.equal(a[[1, 3]], b[[1, 3]])
     blocks = [type(b).__name__ for b in Discriminator(_tiny("resnet", 32, 3)).blocks]
     assert "MinibatchStd" not in blocks and ModelConfig().d_mbstd == 0  # off unless asked (and in older checkpoints)
+
+
+def _cbn_inputs(g: Generator, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What G's head and each conditional BN's gain projection received in one forward pass."""
+    seen: list[torch.Tensor] = []
+    cbns = [m for m in g.modules() if isinstance(m, CondBatchNorm2d) and m.num_classes]
+    hooks = [m.gain.register_forward_hook(lambda mod, inp, out: seen.append(inp[0])) for m in cbns]
+    hooks.append(g.head.register_forward_hook(lambda mod, inp, out: seen.insert(0, inp[0])))
+    with torch.no_grad():
+        g(z, y)
+    for h in hooks:
+        h.remove()
+    return seen[0], seen[1:]
+
+
+def test_hierarchical_z_feeds_each_block_its_chunk_and_the_shared_embedding() -> None:
+    g = Generator(_tiny("resnet", 32, 5, g_shared_dim=6, g_hier=True)).eval()
+    z, y = torch.randn(3, 16), torch.tensor([4, 0, 4])
+    head_in, cbn_in = _cbn_inputs(g, z, y)
+    chunks = z.chunk(4, dim=1)  # 32 px: the head and three G blocks, 16 / 4 = 4 each
+    assert torch.equal(head_in, chunks[0]) and g.head.in_features == 4
+    assert len(cbn_in) == 6  # two CBNs per block
+    e = g.shared(y)  # (3, 6)
+    for i, x in enumerate(cbn_in):
+        torch.testing.assert_close(x, torch.cat([e, chunks[1 + i // 2]], dim=1))  # both CBNs of block k: chunk k + 1
+    assert torch.equal(e[0], e[2]) and not torch.equal(e[0], e[1])  # one vector per class
+    assert not spectral.is_normalised(g.shared)  # BigGAN's G.shared has no SN
+    gain = g.blocks[0].bn1.gain
+    assert spectral.is_normalised(gain)
+    assert spectral.original_weight(gain).shape == (32, 10) and gain.bias is None  # bias-free SN linear (C, shared + chunk)
+    z2 = z.clone()
+    z2[:, 12:] = torch.randn(3, 4)  # the last block's chunk only
+    _, cbn2 = _cbn_inputs(g, z2, y)
+    assert all(torch.equal(a, b) for a, b in zip(cbn_in[:4], cbn2[:4])) and not torch.equal(cbn_in[4], cbn2[4])
+
+
+def test_shared_embedding_without_hier_gives_every_cbn_the_class_vector() -> None:
+    g = Generator(_tiny("resnet", 32, 5, g_shared_dim=6)).eval()
+    z, y = torch.randn(3, 16), torch.tensor([1, 2, 3])
+    head_in, cbn_in = _cbn_inputs(g, z, y)
+    assert torch.equal(head_in, z) and all(torch.equal(x, g.shared(y)) for x in cbn_in)
+    plain = Generator(_tiny("resnet", 32, 5, g_shared_dim=6, g_sn=False))
+    w = spectral.original_weight(plain.blocks[0].bn1.gain)
+    assert not spectral.is_normalised(plain.blocks[0].bn1.gain) and not w.any()  # unnormalised: gain starts at 1 + 0
+    assert ModelConfig().g_shared_dim == 0 and not ModelConfig().g_hier  # off unless asked (and in older checkpoints)

@@ -321,7 +321,7 @@ class CondBatchNorm2d(nn.Module):
         h = self.bn(x)
         if self.num_classes == 0:
             return h
-        gain = 1 + self.gain(y)[:, :, None, None]  # (B, C, 1, 1), fp32 tables
+        gain = 1 + self.gain(y)[:, :, None, None]  # (B, C, 1, 1); fp32 tables, or autocast's dtype for linears
         # in the activation's dtype: under autocast, fp32 gains would promote this block to fp32
         return h * gain.to(h.dtype) + self.bias(y)[:, :, None, None].to(h.dtype)
 
@@ -678,24 +678,24 @@ class Generator(nn.Module):
                 self.blocks.append(UpConv(ch[r // 2], ch[r], False, cfg))
                 add_attn(r, ch[r])
             self.conv_out = _sn(nn.ConvTranspose2d(ch[cfg.imsize // 2], 3, 4, 2, 1), edge_sn, eps, cfg.convt_sn_dim)
+        self.n_cond = sum(isinstance(b, (GBlock, UpConv)) for b in self.blocks)  # blocks that take a label
         init_weights(self, cfg.init)
 
     def forward(self, z: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         _check_labels(self.cfg.num_classes, y, z.shape[0])
         maps: list[Tensor] | None = [] if return_attn else None
-        n_cond = sum(isinstance(b, (GBlock, UpConv)) for b in self.blocks)
         if self.cfg.arch == "resnet":
             zs = z.chunk(z_slots(self.cfg), dim=1)  # (B, z_dim / slots) each; one chunk without g_hier
             if self.cfg.g_shared_dim:
                 e = self.shared(y)  # (B, shared_dim)
-                ys = [torch.cat([e, zk], dim=1) for zk in zs[1:]] if self.cfg.g_hier else [e] * n_cond
+                ys = [torch.cat([e, zk], dim=1) for zk in zs[1:]] if self.cfg.g_hier else [e] * self.n_cond
             else:
-                ys = [y] * n_cond
+                ys = [y] * self.n_cond
             h = self.head(zs[0]).view(z.shape[0], -1, 4, 4)  # (B, C0, 4, 4)
             h = _run(self.blocks, h, ys, maps)  # (B, C, imsize, imsize)
             h = self.conv_out(F.relu(self.bn_out(h)))
         else:
-            h = _run(self.blocks, z[:, :, None, None], [y] * n_cond, maps)  # (B, C, imsize/2, imsize/2)
+            h = _run(self.blocks, z[:, :, None, None], [y] * self.n_cond, maps)  # (B, C, imsize/2, imsize/2)
             h = self.conv_out(h)
         img = torch.tanh(h)  # (B, 3, imsize, imsize)
         return (img, maps) if return_attn else img

@@ -201,13 +201,14 @@ PRESETS: dict[str, dict] = {
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
     # Fashion-MNIST on 2 CPU cores in 30 minutes, both classifiers' training included (README, "The Fashion-MNIST result";
     # BENCHMARKS.md, "The second fmnist_32"): a narrower G (12) against D (16) and two D steps per G step, which
-    # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250.
+    # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250. Two seeds with
+    # BigGAN's class conditioning (--g_shared_dim 128 --g_hier true) were no better ("BigGAN's class conditioning in G").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600),
     # The same recipe with a wider G (16) for 6,000 steps, the rates halved and the EMA G from step 4,000, its decay
     # 0.995 (a 2,000-step tail has room for a longer average than fmnist_32's). The tuning figures chose the decay and
     # the width (two seeds of G 16 against two runs of G 12); three seeds of D 24, two of G 24 and two with D's
-    # minibatch std (--d_mbstd 4) were no better: BENCHMARKS.md, "fmnist_32_long"
+    # minibatch std (--d_mbstd 4) were no better, nor two of 12,000 steps: BENCHMARKS.md, "fmnist_32_long"
     "fmnist_32_long": dict(_FMNIST, g_conv_dim=16, total_step=6000, lr_decay_step=4000, ema_start=4000, ema_decay=0.995,
                            eval_step=1000, model_save_step=1000, sample_step=1000),
     # The README's first command

@@ -527,6 +527,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = parse_compare(own.compare)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = bf16_peak(name) if device.type == "cuda" else None
+    for vname, flags in variants:  # every variant's model is checked before any is timed
+        try:
+            model_config(get_parameters(list(rest) + flags), own.num_classes_bench)
+        except ValueError as e:
+            print(f"error: variant {vname!r} with --num_classes_bench {own.num_classes_bench}: {e}", file=sys.stderr)
+            return 2
     print(f"device: {name}; torch {torch.__version__}; {tf32_flags()}; base flags: {' '.join(rest)}")
     rates: dict[torch.dtype, float] = {}
     results = []

@@ -107,6 +107,13 @@ def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest
     for r in res["results"]:
         assert len(r["times"]) == 2 and r["s_per_iter"] > 0 and r["peak_bytes"] > 0 and 0 < r["matmul_fraction"]
     assert all(r["flops"] == f2 for r in res["results"])  # same model: same counted work
+    argv = base + ["--iters", "1", "--compare", "base:|hier:--g_shared_dim 8 --g_hier true"]
+    assert bench.main(argv) == 2  # a conditional-only option on the default unconditional bench model
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: variant 'hier' with --num_classes_bench 0: g_shared_dim embeds class labels")
+    assert "\n" not in err and "Traceback" not in err
+    assert bench.main(base + ["--batch_size", "2", "--iters", "1", "--warmup", "0", "--num_classes_bench", "3",
+                              "--compare", "hier:--g_shared_dim 8 --g_hier true"]) == 0
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])

@@ -527,18 +527,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = parse_compare(own.compare)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = bf16_peak(name) if device.type == "cuda" else None
-    for vname, flags in variants:  # every variant's model is checked before any is timed
+    parsed = []  # every variant's flags parsed and its model checked before any is timed
+    for vname, flags in variants:
+        args_v = get_parameters(list(rest) + flags)
         try:
-            model_config(get_parameters(list(rest) + flags), own.num_classes_bench)
+            model_config(args_v, own.num_classes_bench)
         except ValueError as e:
             print(f"error: variant {vname!r} with --num_classes_bench {own.num_classes_bench}: {e}", file=sys.stderr)
             return 2
+        parsed.append((vname, flags, args_v))
     print(f"device: {name}; torch {torch.__version__}; {tf32_flags()}; base flags: {' '.join(rest)}")
     rates: dict[torch.dtype, float] = {}
     results = []
-    for vname, flags in variants:
+    for vname, flags, args_v in parsed:
         argv_v = list(rest) + flags
-        args_v = get_parameters(argv_v)
         if device.type == "cuda" and args_v.amp == "off" and args_v.tf32 is None:
             argv_v += ["--tf32", "false"]  # an fp32 baseline that is fp32 (cuDNN would use TF32 by default)
         dtype = run_dtype(args_v, device)

@@ -443,7 +443,7 @@ class ResidualControl(nn.Module):
         self.conv2 = conv(hidden, channels, 1, sn, sn_eps, bias=False)
         self.gamma = nn.Parameter(torch.zeros(()))
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return x + self.gamma * self.conv2(F.relu(self.conv1(x)))  # (B, C, H, W)
 
 
@@ -618,9 +618,12 @@ def set_attention_backend(model: nn.Module, backend: str) -> None:
 # Networks
 
 
+COND_BLOCKS = (GBlock, UpConv)  # the blocks that take a label (or its embedding); one entry of `ys` each
+
+
 def _run(blocks: nn.ModuleList, h: Tensor, ys: Sequence[Tensor | None] | None, attn_maps: list[Tensor] | None) -> Tensor:
     """Apply blocks and attention layers in order, collecting attention maps when asked. `ys`: what each
-    conditional block (GBlock, UpConv) receives, one entry per such block in order; None in D."""
+    conditional block (COND_BLOCKS) receives, one entry per such block in order; None in D."""
     k = 0
     for block in blocks:
         if isinstance(block, SelfAttention):
@@ -629,7 +632,7 @@ def _run(blocks: nn.ModuleList, h: Tensor, ys: Sequence[Tensor | None] | None, a
             else:
                 h, a = block(h, return_attn=True)
                 attn_maps.append(a)
-        elif isinstance(block, (GBlock, UpConv)):
+        elif isinstance(block, COND_BLOCKS):
             h = block(h, ys[k])
             k += 1
         else:
@@ -678,7 +681,7 @@ class Generator(nn.Module):
                 self.blocks.append(UpConv(ch[r // 2], ch[r], False, cfg))
                 add_attn(r, ch[r])
             self.conv_out = _sn(nn.ConvTranspose2d(ch[cfg.imsize // 2], 3, 4, 2, 1), edge_sn, eps, cfg.convt_sn_dim)
-        self.n_cond = sum(isinstance(b, (GBlock, UpConv)) for b in self.blocks)  # blocks that take a label
+        self.n_cond = sum(isinstance(b, COND_BLOCKS) for b in self.blocks)
         init_weights(self, cfg.init)
 
     def forward(self, z: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:

@@ -56,8 +56,9 @@ Attention backends (`set_attention_backend`, a runtime choice, not part of the m
   It is also used whenever the attention map is requested (`return_attn=True`).
 Under autocast the scores and the softmax are fp32 on both paths: the math path turns autocast off
 for QK^T and the softmax (fp16 QK^T of large activations overflows to inf, then NaN), and the fused
-kernels accumulate in fp32. Conditional BN casts its fp32 class gains to the activation's dtype, so a
-block's output keeps the autocast dtype.
+kernels accumulate in fp32. On the CPU the fused kernel takes fp32 inputs under autocast too (in bf16 it
+is about 2x slower there), and its output is cast back to the autocast dtype. Conditional BN casts its
+fp32 class gains to the activation's dtype, so a block's output keeps the autocast dtype.
 
 Deliberate deviations from the official code (docs/reproducing.md, "Differences from the references", lists
 them too):
@@ -403,16 +404,20 @@ class SelfAttention(nn.Module):
         attn = None
         if self.backend == "sdpa" and not return_attn:
             cv = v.shape[1]
-            qp = F.pad(q.transpose(1, 2), (0, cv - q.shape[1]))[:, None]  # (B, 1, N, Cv), zero-padded
-            kp = F.pad(k.transpose(1, 2), (0, cv - k.shape[1]))[:, None]  # (B, 1, M, Cv)
+            # The CPU fused kernel is about 2x slower in bf16 than in fp32, forward and backward (BENCHMARKS.md,
+            # "bf16 on a CPU with AVX512-BF16"): on the CPU it always runs in fp32, its output cast back.
+            dtype = torch.float32 if x.device.type == "cpu" else q.dtype
+            qp = F.pad(q.transpose(1, 2).to(dtype), (0, cv - q.shape[1]))[:, None]  # (B, 1, N, Cv), zero-padded
+            kp = F.pad(k.transpose(1, 2).to(dtype), (0, cv - k.shape[1]))[:, None]  # (B, 1, M, Cv)
             mask = keep = None
             if self.span:
-                mask, keep = self.mask(h, w, x.device, qp.dtype)
-            vt = v.transpose(1, 2).contiguous()[:, None]  # (B, 1, M, Cv); fused kernels need a unit last stride
-            o = F.scaled_dot_product_attention(qp, kp, vt, attn_mask=mask, scale=1.0)[:, 0]  # (B, N, Cv)
+                mask, keep = self.mask(h, w, x.device, dtype)
+            vt = v.transpose(1, 2).to(dtype).contiguous()[:, None]  # (B, 1, M, Cv); fused kernels need a unit last stride
+            with torch.autocast(x.device.type, enabled=False):  # CPU autocast would cast the inputs to bf16 again
+                o = F.scaled_dot_product_attention(qp, kp, vt, attn_mask=mask, scale=1.0)[:, 0]  # (B, N, Cv)
             if keep is not None:
                 o = o * keep
-            o = o.transpose(1, 2).reshape(b, -1, h, w)  # (B, Cv, H, W)
+            o = o.transpose(1, 2).reshape(b, -1, h, w).to(v.dtype)  # (B, Cv, H, W)
         else:
             # Scores and softmax in fp32 whatever autocast says: QK^T of large fp16 activations overflows to
             # inf, and the softmax then gives NaN (the fused kernels accumulate in fp32 themselves).

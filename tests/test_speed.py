@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from main import main
 from sagan_models import SelfAttention, set_attention_backend
@@ -59,6 +60,31 @@ def test_bf16_autocast_is_finite_and_close(variant: str) -> None:
         assert y.dtype == torch.bfloat16 or backend == "math" or y.dtype == torch.float32
         assert torch.isfinite(y.float()).all()
         assert torch.allclose(y.float(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("span", [0, 1])
+def test_cpu_fused_attention_runs_in_fp32_under_bf16_autocast(span: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU fused kernel is about 2x slower in bf16 (BENCHMARKS.md): under bf16 autocast it gets fp32 inputs
+    (and an fp32 mask), and the layer still returns the autocast dtype, equal to the math path's result."""
+    seen: list[tuple[torch.dtype, ...]] = []
+    fused = F.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        seen.append((q.dtype, k.dtype, v.dtype) + ((attn_mask.dtype,) if attn_mask is not None else ()))
+        return fused(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    layer = _layer("official", span)
+    x = torch.randn(2, 16, 8, 8).bfloat16()  # a block's output under autocast
+    out = {}
+    for backend in ("sdpa", "math"):
+        layer.backend = backend
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out[backend] = layer(x)
+    assert seen and all(d == torch.float32 for dtypes in seen for d in dtypes), seen
+    assert out["sdpa"].dtype == out["math"].dtype == torch.bfloat16
+    assert torch.allclose(out["sdpa"].float(), out["math"].float(), atol=2e-2, rtol=0)
+    assert (out["sdpa"].float() - x.float()).abs().max() > 0.1  # attention contributes
 
 
 def test_set_attention_backend_rejects_unknown() -> None:

@@ -75,7 +75,7 @@ from sagan_models import count_params, set_attention_backend
 from data_loader import dataset_info
 from distributed import resolve_device
 from parameter import data_spec, model_config, train_options
-from trainer import Trainer
+from trainer import Trainer, cpu_bf16_units
 
 
 def sync(device: torch.device) -> None:
@@ -525,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = get_parameters(rest)
     device = resolve_device(base.device)
     variants = parse_compare(own.compare)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    cpu = f"CPU ({torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_bf16_units() or 'none'}), {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     peak = bf16_peak(name) if device.type == "cuda" else None
     parsed = []  # every variant's flags parsed and its model checked before any is timed
     for vname, flags in variants:

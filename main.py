@@ -35,7 +35,7 @@ from durable import write_json, write_text
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
 from sagan_models import Discriminator, Generator, count_params, standing_stats
-from trainer import Preempted, StopRecorder, Trainer, seed_everything
+from trainer import Preempted, StopRecorder, Trainer, cpu_bf16_units, seed_everything
 
 
 def resolve_num_classes(args: Namespace, dataset_classes: int) -> int:
@@ -263,6 +263,9 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
         say(f"batch: {args.batch_size} per process x {args.accum} micro-batches x {env.world} processes "
             f"= {trainer.global_batch} images per D update; workers {loader.num_workers}"
             f"{' (auto)' if args.num_workers is None else ''} per process", flush=True)
+        if device.type == "cpu" and args.amp == "bf16" and not cpu_bf16_units():
+            say("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so --amp bf16 is emulated and slower "
+                "than --amp off here (BENCHMARKS.md, \"bf16 on the CPU\")", flush=True)
         trainer.train()
         say(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
     finally:

@@ -215,6 +215,15 @@ def set_rng_state(state: dict, device: torch.device) -> bool:
     return True
 
 
+def cpu_bf16_units() -> str | None:
+    """The bf16 instructions of this CPU that oneDNN's bf16 convolutions use ("AMX" or "AVX512-BF16"), or None:
+    without them bf16 is converted to and from fp32 around fp32 arithmetic (BENCHMARKS.md, "bf16 on the CPU")."""
+    for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
+        if getattr(torch.cpu, check, lambda: False)():
+            return name
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

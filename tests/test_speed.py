@@ -107,6 +107,28 @@ def test_every_cpu_speed_option_trains_and_checkpoint_loads_without_them(tmp_pat
     assert "step 3/3" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("units", [None, "AVX512-BF16"])
+def test_bf16_on_a_cpu_without_bf16_units_says_so(units: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    import main as main_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(main_module, "cpu_bf16_units", lambda: units)
+    assert main(TINY + ["--total_step", "1", "--version", "b", "--amp", "bf16", "--device", "cpu"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "no bf16 instructions" in ln]
+    assert len(notes) == (1 if units is None else 0), notes
+    assert not notes or "--amp bf16 is emulated and slower than --amp off" in notes[0]
+
+
+def test_cpu_bf16_units_names_what_torch_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import cpu_bf16_units
+
+    for amx, avx, want in ((True, True, "AMX"), (False, True, "AVX512-BF16"), (False, False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        assert cpu_bf16_units() == want
+
+
 def test_wgan_gp_runs_with_the_fused_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """WGAN-GP needs a double backward through D, which the fused kernels lack: D falls back to math."""
     monkeypatch.chdir(tmp_path)

@@ -405,7 +405,7 @@ class SelfAttention(nn.Module):
         if self.backend == "sdpa" and not return_attn:
             cv = v.shape[1]
             # The CPU fused kernel is about 2x slower in bf16 than in fp32, forward and backward (BENCHMARKS.md,
-            # "bf16 on a CPU with AVX512-BF16"): on the CPU it always runs in fp32, its output cast back.
+            # "bf16 on the CPU"): on the CPU it always runs in fp32, its output cast back.
             dtype = torch.float32 if x.device.type == "cpu" else q.dtype
             qp = F.pad(q.transpose(1, 2).to(dtype), (0, cv - q.shape[1]))[:, None]  # (B, 1, N, Cv), zero-padded
             kp = F.pad(k.transpose(1, 2).to(dtype), (0, cv - k.shape[1]))[:, None]  # (B, 1, M, Cv)

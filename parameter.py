@@ -118,12 +118,16 @@ def diffaug_policy(v: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _float_or_nan(v: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        return float("nan")
+
+
 def fraction(v: str) -> float:
     """A number from 0 to 1 (EMA decays)."""
-    try:
-        f = float(v)
-    except ValueError:
-        f = float("nan")
+    f = _float_or_nan(v)
     if not 0.0 <= f <= 1.0:  # nan fails too
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {v!r}")
     return f
@@ -142,6 +146,14 @@ def device_name(v: str) -> str:
     if s in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", s):
         return s
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+
+
+def non_negative_float(v: str) -> float:
+    """A weight of 0 (off) or more."""
+    f = _float_or_nan(v)
+    if not 0.0 <= f < float("inf"):  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
+    return f
 
 
 def positive_step(v: str) -> int:
@@ -321,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--diffaug", type=diffaug_policy, default="", metavar="POLICY",
                    help="DiffAugment for D (augment.py): a comma-separated list of color, translation, cutout applied to "
                         "every image D sees, real or fake, in both updates ('': off)")
+    t.add_argument("--ms_weight", type=non_negative_float, default=0.0, metavar="W",
+                   help="MSGAN's mode-seeking term for G (Mao et al. 2019): G's batch in pairs of one label and two z, and "
+                        "W / (image distance / latent distance) added to G's loss (0: off; MSGAN's conditional runs: 1)")
     t.add_argument("--seed", type=seed_value, default=0, help="seed of the models' initialisation, the data order and the noise")
     t.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")
@@ -452,6 +467,8 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
                 f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (docs/training.md, 'Many GPUs')")
+    if args.ms_weight and args.batch_size % 2:
+        p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:
         p.error(f"argument --eval_samples: expected a number >= {MIN_EVAL_SAMPLES} (IS uses 10 splits, and the classifier metric "
                 f"needs 10 samples), got {args.eval_samples}")

@@ -7,6 +7,10 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   (+ lambda_gp * gradient penalty for WGAN-GP, in the same step and the same optimizer update).
 - G update: one power iteration for G; loss = g_loss(D(G(z), y_fake)); D's parameters are frozen.
 - `--diffaug`: D sees every image, real or fake, in both updates through DiffAugment (augment.py).
+- `--ms_weight W` (off by default; not in the paper): MSGAN's mode-seeking term (Mao et al., CVPR 2019,
+  Eq. 3, as their conditional code computes it). G's batch is drawn as two halves with the same labels
+  and different z, and G's loss gains W / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), which falls as
+  two latents of one class draw more different images.
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
 Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
@@ -102,6 +106,7 @@ class TrainOptions:
     standing_stats: int
     flip: bool
     diffaug: str
+    ms_weight: float
     amp: str
     channels_last: bool
     attn_backend: str
@@ -154,6 +159,15 @@ def d_nonsaturating(real: Tensor, fake: Tensor) -> Tensor:
 
 def g_nonsaturating(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()
+
+
+def mode_seeking(fake: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
+    """MSGAN's term (Mao et al. 2019, Eq. 3): the inverse of the image distance over the latent distance
+    between the first and second halves of a batch (pairs drawn with the same labels)."""
+    f1, f2 = fake.float().chunk(2)  # (B/2, C, H, W) each
+    z1, z2 = z.float().chunk(2)  # (B/2, Z) each
+    ratio = (f1 - f2).abs().mean() / (z1 - z2).abs().mean()
+    return 1.0 / (ratio + eps)
 
 
 LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
@@ -248,7 +262,8 @@ def log_line(step: int, total: int, logs: dict[str, Tensor], s_per_step: float, 
         for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
             writer.add_scalar(k, v, step)
     gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-    line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f} D(x) {vals['d/real']:.3f} "
+    ms = f" ms_loss {vals['loss/ms']:.4f}" if "loss/ms" in vals else ""
+    line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{ms} D(x) {vals['d/real']:.3f} "
             f"D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration((total - step) * s_per_step)}")
     return line, vals
 
@@ -627,6 +642,13 @@ class Trainer:
         y_fake = torch.randint(0, self.cfg.num_classes, (n,), device=self.device) if self.cfg.num_classes else None
         return self.w.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
 
+    def generate_pairs(self, n: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """n fakes whose halves share their labels (uniform) and differ in z, their labels and their z (--ms_weight)."""
+        y = torch.randint(0, self.cfg.num_classes, (n // 2,), device=self.device) if self.cfg.num_classes else None
+        y_fake = torch.cat([y, y]) if y is not None else None  # (B,): y_i = y_{i + B/2}
+        z = torch.randn(n, self.cfg.z_dim, device=self.device)  # (B, Z)
+        return self.w.g_train(z, y_fake), y_fake, z
+
     def fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
         """n detached fakes and their labels, for a D update."""
         with torch.no_grad(), self.autocast():
@@ -674,20 +696,28 @@ class Trainer:
         spectral.power_iteration(self.G)
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        k, total = self.opts.accum, torch.zeros((), device=self.device)
+        k, out = self.opts.accum, {}
         for _, ctx in micro_batches(k, self.w.ddp_g):
             with ctx:
                 with self.autocast():
-                    fake, y_fake = self.generate(self.opts.batch_size)
+                    if self.opts.ms_weight:
+                        fake, y_fake, z = self.generate_pairs(self.opts.batch_size)
+                    else:
+                        fake, y_fake = self.generate(self.opts.batch_size)
                     loss = self.g_loss_fn(self.w.d_frozen(self.augment(fake), y_fake).float())
+                parts = {"loss/g": loss}
+                if self.opts.ms_weight:
+                    parts["loss/ms"] = mode_seeking(fake, z)
+                    loss = loss + self.opts.ms_weight * parts["loss/ms"]
                 self.scaler.scale(loss / k).backward()
-            total = total + loss.detach() / k
+            for name, v in parts.items():
+                out[name] = out.get(name, 0) + v.detach() / k
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.D.requires_grad_(True)
         if self.ema is not None:
             self.ema.update(self.step + 1)
-        return {"loss/g": total}
+        return out
 
     def iteration(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """n_dis D updates and one G update; advances the step and the LR schedules."""

@@ -1,0 +1,67 @@
+"""MSGAN's mode-seeking term (trainer.mode_seeking, --ms_weight; Mao et al., CVPR 2019, Eq. 3): its value, the
+direction of its gradient, and how the Trainer's G update draws its pairs and adds it to G's loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+import trainer as trainer_module
+from parameter import get_parameters, model_config, train_options
+from trainer import Trainer, mode_seeking
+from test_train import TINY
+
+
+def test_value_is_latent_distance_over_image_distance() -> None:
+    z = torch.cat([torch.zeros(3, 16), torch.ones(3, 16)])  # mean |z1 - z2| = 1
+    fake = torch.cat([torch.zeros(3, 1, 4, 4), torch.full((3, 1, 4, 4), 0.5)])  # mean |f1 - f2| = 0.5
+    assert mode_seeking(fake, z).item() == pytest.approx(1 / (0.5 + 1e-5))
+    same = torch.cat([fake[:3], fake[:3]])
+    assert mode_seeking(same, z).item() == pytest.approx(1e5)  # one image for two latents: the largest penalty
+
+
+def test_descending_it_pulls_the_pair_apart() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    fake = (torch.randn(8, 1, 4, 4) * 0.1).requires_grad_(True)
+    before = (fake[:4] - fake[4:]).abs().mean().item()
+    mode_seeking(fake, z).backward()
+    with torch.no_grad():
+        moved = fake - 0.01 * fake.grad
+    after = (moved[:4] - moved[4:]).abs().mean().item()
+    assert after > before
+
+
+def _trainer(ms_weight: str) -> Trainer:
+    args = get_parameters(["--imsize", "32", "--num_classes", "4", *TINY, "--batch_size", "8", "--ms_weight", ms_weight])
+    return Trainer(train_options(args), model_config(args, 4))
+
+
+def test_g_update_draws_pairs_with_one_label_and_two_latents(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = _trainer("1")
+    seen: list[tuple[Tensor, Tensor]] = []
+    g_train = t.w.g_train
+
+    def spy(z: Tensor, y: Tensor) -> Tensor:
+        seen.append((z.detach().clone(), y.clone()))
+        return g_train(z, y)
+
+    monkeypatch.setattr(t.w, "g_train", spy)
+    logs = t.g_step()
+    (z, y), = seen
+    assert z.shape == (8, 16) and torch.equal(y[:4], y[4:])
+    assert not torch.isclose(z[:4], z[4:]).any()
+    assert logs["loss/ms"].item() > 0 and "loss/g" in logs
+
+
+@pytest.mark.parametrize("ms_weight,moves", [("0", False), ("1", True)])
+def test_the_term_alone_moves_g(ms_weight: str, moves: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = _trainer(ms_weight)
+    t.g_loss_fn = lambda d_out: d_out.sum() * 0  # no adversarial gradient: only the mode-seeking term can move G
+    before = {k: v.clone() for k, v in t.G.state_dict().items() if v.is_floating_point()}
+    called: list[int] = []
+    monkeypatch.setattr(trainer_module, "mode_seeking", lambda f, z: called.append(1) or mode_seeking(f, z))
+    logs = t.g_step()
+    changed = any(not torch.equal(before[k], v) for k, v in t.G.named_parameters())
+    assert changed == moves and bool(called) == moves and ("loss/ms" in logs) == moves

@@ -643,7 +643,8 @@ class Trainer:
         return self.w.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
 
     def generate_pairs(self, n: int) -> tuple[Tensor, Tensor | None, Tensor]:
-        """n fakes whose halves share their labels (uniform) and differ in z, their labels and their z (--ms_weight)."""
+        """n fakes in two halves with the same labels (uniform) and different z (--ms_weight); returns the fakes,
+        their labels and their z."""
         y = torch.randint(0, self.cfg.num_classes, (n // 2,), device=self.device) if self.cfg.num_classes else None
         y_fake = torch.cat([y, y]) if y is not None else None  # (B,): y_i = y_{i + B/2}
         z = torch.randn(n, self.cfg.z_dim, device=self.device)  # (B, Z)

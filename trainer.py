@@ -637,23 +637,20 @@ class Trainer:
         """Mixed precision for the forward passes (--amp); a no-op context when off."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def generate(self, n: int) -> tuple[Tensor, Tensor | None]:
-        """n fakes from the training-mode G and their labels (uniform)."""
-        y_fake = torch.randint(0, self.cfg.num_classes, (n,), device=self.device) if self.cfg.num_classes else None
-        return self.w.g_train(torch.randn(n, self.cfg.z_dim, device=self.device), y_fake), y_fake
-
-    def generate_pairs(self, n: int) -> tuple[Tensor, Tensor | None, Tensor]:
-        """n fakes in two halves with the same labels (uniform) and different z (--ms_weight); returns the fakes,
-        their labels and their z."""
-        y = torch.randint(0, self.cfg.num_classes, (n // 2,), device=self.device) if self.cfg.num_classes else None
-        y_fake = torch.cat([y, y]) if y is not None else None  # (B,): y_i = y_{i + B/2}
+    def generate(self, n: int, paired: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
+        """n fakes from the training-mode G, their labels (uniform) and their z. paired (--ms_weight): the two
+        halves of the batch share their labels and differ in z."""
+        k = n // 2 if paired else n
+        y = torch.randint(0, self.cfg.num_classes, (k,), device=self.device) if self.cfg.num_classes else None
+        y_fake = torch.cat([y, y]) if paired and y is not None else y  # (B,); paired: y_i = y_{i + B/2}
         z = torch.randn(n, self.cfg.z_dim, device=self.device)  # (B, Z)
         return self.w.g_train(z, y_fake), y_fake, z
 
     def fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
         """n detached fakes and their labels, for a D update."""
         with torch.no_grad(), self.autocast():
-            return self.generate(n)
+            fake, y_fake, _ = self.generate(n)
+        return fake, y_fake
 
     def augment(self, x: Tensor) -> Tensor:
         """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
@@ -701,10 +698,7 @@ class Trainer:
         for _, ctx in micro_batches(k, self.w.ddp_g):
             with ctx:
                 with self.autocast():
-                    if self.opts.ms_weight:
-                        fake, y_fake, z = self.generate_pairs(self.opts.batch_size)
-                    else:
-                        fake, y_fake = self.generate(self.opts.batch_size)
+                    fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
                     loss = self.g_loss_fn(self.w.d_frozen(self.augment(fake), y_fake).float())
                 parts = {"loss/g": loss}
                 if self.opts.ms_weight:

@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--g_hier", type=str2bool, default=False,
                    help="with --g_shared_dim: split z into equal chunks, one for G's first layer and one appended to the "
                         "class embedding of each G block (BigGAN's hierarchical latent)")
+    a.add_argument("--d_ac", type=str2bool, default=False,
+                   help="labelled data: an auxiliary classifier head in D beside the projection (ACGAN; not in SAGAN), "
+                        "trained on real images and steering G's fakes toward their labels (see --ac_weight)")
     a.add_argument("--sn_layers", type=str, default="all", choices=SN_LAYERS,
                    help="dcgan: spectral norm on every layer (all, the paper) or on the up/down convs only (port, heykeetae)")
     a.add_argument("--convt_sn_dim", type=int, default=1, choices=CONVT_SN_DIMS,
@@ -336,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ms_weight", type=non_negative_float, default=0.0, metavar="W",
                    help="MSGAN's mode-seeking term for G (Mao et al. 2019): G's batch in pairs of one label and two z, and "
                         "W / (image distance / latent distance) added to G's loss (0: off; MSGAN's conditional runs: 1)")
+    t.add_argument("--ac_weight", type=non_negative_float, default=1.0, metavar="W",
+                   help="with --d_ac: W x the cross-entropy of D's class head on real images joins D's loss, and on G's "
+                        "fakes against their labels G's loss (StudioGAN's ACGAN weight: 1)")
     t.add_argument("--seed", type=seed_value, default=0, help="seed of the models' initialisation, the data order and the noise")
     t.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")

@@ -91,6 +91,10 @@ BigGAN's class conditioning in G (Brock et al. 2019, section 3 and appendix B; B
 - `g_hier`: z is split into equal chunks, one per G block plus one for the head, which then takes only
   its chunk. Each block's BNs receive [embedding, the block's chunk]. BigGAN rounds z_dim down to a
   multiple of the chunk count; we refuse a z_dim that does not divide instead, so z keeps the size asked.
+
+`d_ac`, off by default and not in SAGAN: an auxiliary classifier head in D beside the projection, as
+ACGAN's (Odena et al. 2017, Eq. 2-3): a spectrally normalised linear layer from D's pooled features
+(B, C) to class logits (B, num_classes). The losses that use it are the trainer's (`--ac_weight`).
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ class ModelConfig:
     d_mbstd: int = 0  # resnet: group size of a minibatch-std feature map before D's last block (MinibatchStd); 0: none
     g_shared_dim: int = 0  # resnet: a shared class embedding of this size that SN-linear layers map to each CBN (BigGAN); 0: tables
     g_hier: bool = False  # resnet, with g_shared_dim: z split into one chunk for the head and one per G block (BigGAN)
+    d_ac: bool = False  # an auxiliary classifier head in D beside the projection (ACGAN): class logits (B, num_classes)
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -207,6 +212,8 @@ class ModelConfig:
                              "g_sn, as in BigGAN: drop one of the two")
         if self.g_hier and not self.g_shared_dim:
             raise ValueError("g_hier appends a chunk of z to the shared class embedding; set g_shared_dim as well")
+        if self.d_ac and self.num_classes < 1:
+            raise ValueError("d_ac classifies images into the dataset's classes; use it with a labelled dataset")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -769,10 +776,17 @@ class Discriminator(nn.Module):
             self.head = _sn(nn.Conv2d(cin, 1, 4), edge_sn, eps)
         if cfg.num_classes > 0:
             self.embed = _sn(nn.Embedding(cfg.num_classes, cin), True, eps)
+        if cfg.d_ac:
+            self.ac = _sn(nn.Linear(cin, cfg.num_classes), True, eps)
         init_weights(self, cfg.init)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False,
+                return_cls: bool = False) -> Tensor | tuple[Tensor, ...]:
+        """The logits (B,); return_cls (d_ac) appends the auxiliary class logits (B, num_classes), then
+        return_attn the attention maps."""
         _check_labels(self.cfg.num_classes, y, x.shape[0])
+        if return_cls and not self.cfg.d_ac:
+            raise ValueError("return_cls needs the auxiliary classifier head: build D with d_ac")
         maps: list[Tensor] | None = [] if return_attn else None
         h = _run(self.blocks, x, None, maps)  # (B, C, 4, 4)
         if self.cfg.arch == "resnet":
@@ -783,7 +797,8 @@ class Discriminator(nn.Module):
             h = h.sum(dim=(2, 3))  # (B, C) for the projection
         if self.cfg.num_classes > 0:
             out = out + (self.embed(y) * h).sum(dim=1)
-        return (out, maps) if return_attn else out
+        extra = ([self.ac(h)] if return_cls else []) + ([maps] if return_attn else [])  # (B, num_classes); maps
+        return (out, *extra) if extra else out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   Eq. 3, as their conditional code computes it). G's batch is drawn as two halves with the same labels
   and different z, and G's loss gains W / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), which falls as
   two latents of one class draw more different images.
+- With D's auxiliary classifier head (`d_ac`; off by default, not in the paper): `--ac_weight W` times the
+  cross-entropy of the head's class logits joins both losses, on real images for D and on fakes against
+  their drawn labels for G (`ac_loss`). Deliberate deviation from ACGAN (Odena et al. 2017, Eq. 3), whose
+  D also learns to classify fakes: D's head learns the real classes only, so G is steered toward what real
+  images of its label look like (the fakes' term, as in ACGAN, is G's alone).
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
 Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
@@ -107,6 +112,7 @@ class TrainOptions:
     flip: bool
     diffaug: str
     ms_weight: float
+    ac_weight: float
     amp: str
     channels_last: bool
     attn_backend: str
@@ -159,6 +165,11 @@ def d_nonsaturating(real: Tensor, fake: Tensor) -> Tensor:
 
 def g_nonsaturating(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()
+
+
+def ac_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """The auxiliary classifier's cross-entropy (ACGAN's L_C for one side): logits (B, K), labels (B,)."""
+    return F.cross_entropy(logits.float(), y)
 
 
 def mode_seeking(fake: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -262,7 +273,7 @@ def log_line(step: int, total: int, logs: dict[str, Tensor], s_per_step: float, 
         for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
             writer.add_scalar(k, v, step)
     gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-    ms = f" ms_loss {vals['loss/ms']:.4f}" if "loss/ms" in vals else ""
+    ms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in ("loss/ms", "loss/ac_d", "loss/ac_g") if k in vals)
     line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{ms} D(x) {vals['d/real']:.3f} "
             f"D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration((total - step) * s_per_step)}")
     return line, vals
@@ -678,9 +689,15 @@ class Trainer:
             fake = self.augment(fake)
             with ctx:
                 with self.autocast():
-                    d_real, d_fake = self.w.d_train(x, y_real).float(), self.w.d_train(fake, y_fake).float()
+                    real_out = self.w.d_train(x, y_real, return_cls=self.cfg.d_ac)
+                    d_fake = self.w.d_train(fake, y_fake).float()
+                d_real, cls_real = real_out if self.cfg.d_ac else (real_out, None)
+                d_real = d_real.float()
                 loss = self.d_loss_fn(d_real, d_fake)
                 parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
+                if cls_real is not None:
+                    parts["loss/ac_d"] = ac_loss(cls_real, y_real)
+                    loss = loss + self.opts.ac_weight * parts["loss/ac_d"]
                 if self.opts.adv_loss == "wgan-gp":
                     parts["loss/gp"] = gradient_penalty(self.w.d_penalty, x, fake.float(), y_real)  # in fp32, eager
                     loss = loss + self.opts.lambda_gp * parts["loss/gp"]
@@ -699,8 +716,13 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    loss = self.g_loss_fn(self.w.d_frozen(self.augment(fake), y_fake).float())
+                    fake_out = self.w.d_frozen(self.augment(fake), y_fake, return_cls=self.cfg.d_ac)
+                d_fake, cls_fake = fake_out if self.cfg.d_ac else (fake_out, None)
+                loss = self.g_loss_fn(d_fake.float())
                 parts = {"loss/g": loss}
+                if cls_fake is not None:
+                    parts["loss/ac_g"] = ac_loss(cls_fake, y_fake)
+                    loss = loss + self.opts.ac_weight * parts["loss/ac_g"]
                 if self.opts.ms_weight:
                     parts["loss/ms"] = mode_seeking(fake, z)
                     loss = loss + self.opts.ms_weight * parts["loss/ms"]

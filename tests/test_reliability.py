@@ -44,7 +44,7 @@ def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", ["", "--ema true --ema_start 2 --ema_decay 0.9 --amp bf16 --flip true --n_dis 2 --d_mbstd 2 "
-                                   "--g_shared_dim 8 --g_hier true --ms_weight 1"])
+                                   "--g_shared_dim 8 --g_hier true --ms_weight 1 --d_ac true"])
 def test_resume_is_bit_identical(workdir: Path, extra: str, capsys: pytest.CaptureFixture) -> None:
     argv = BASE + shlex.split(extra)
     assert main(argv + ["--version", "full", "--total_step", "6", "--model_save_step", "6"]) == 0
@@ -334,6 +334,7 @@ def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
         (["--imsize", "32", "--g_shared_dim", "8", "--g_hier", "true", "--z_dim", "18"], "z_dim 18 is not divisible by 4"),
         (["--batch_size", "64"], "--batch_size 64 is larger than the dataset (32 images)"),
         (["--ms_weight", "1", "--batch_size", "7"], "--ms_weight pairs G's batch in halves, so --batch_size must be even"),
+        (["--num_classes", "0", "--d_ac", "true"], "d_ac classifies images into the dataset's classes; use it with a labelled"),
     ],
 )
 def test_impossible_settings_are_one_line(workdir: Path, argv: list[str], needle: str) -> None:

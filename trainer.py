@@ -667,6 +667,12 @@ class Trainer:
         """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
         return augment.diff_augment(x, self.diffaug).contiguous(memory_format=self.memory_format) if self.diffaug else x
 
+    def judge(self, d: nn.Module, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """D's logits in fp32 (B,) and, with its auxiliary classifier head (d_ac), its class logits (B, K); else None."""
+        out = d(x, y, return_cls=self.cfg.d_ac)
+        logit, cls = out if self.cfg.d_ac else (out, None)
+        return logit.float(), cls
+
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One D update from --accum micro-batches of real images."""
         spectral.power_iteration(self.D)  # fp32, outside autocast
@@ -689,10 +695,8 @@ class Trainer:
             fake = self.augment(fake)
             with ctx:
                 with self.autocast():
-                    real_out = self.w.d_train(x, y_real, return_cls=self.cfg.d_ac)
+                    d_real, cls_real = self.judge(self.w.d_train, x, y_real)
                     d_fake = self.w.d_train(fake, y_fake).float()
-                d_real, cls_real = real_out if self.cfg.d_ac else (real_out, None)
-                d_real = d_real.float()
                 loss = self.d_loss_fn(d_real, d_fake)
                 parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
                 if cls_real is not None:
@@ -716,9 +720,8 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    fake_out = self.w.d_frozen(self.augment(fake), y_fake, return_cls=self.cfg.d_ac)
-                d_fake, cls_fake = fake_out if self.cfg.d_ac else (fake_out, None)
-                loss = self.g_loss_fn(d_fake.float())
+                    d_fake, cls_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake)
+                loss = self.g_loss_fn(d_fake)
                 parts = {"loss/g": loss}
                 if cls_fake is not None:
                     parts["loss/ac_g"] = ac_loss(cls_fake, y_fake)

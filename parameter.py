@@ -216,7 +216,8 @@ PRESETS: dict[str, dict] = {
     # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250. Two seeds with
     # BigGAN's class conditioning (--g_shared_dim 128 --g_hier true) were no better ("BigGAN's class conditioning in G"),
     # nor two with the EMA decay of fmnist_32_long, 0.995 ("A longer EMA for fmnist_32"), nor two with the rates
-    # quartered at step 1,250 (--lr_decay 0.25, "Quartered rates for the tail of fmnist_32").
+    # quartered at step 1,250 (--lr_decay 0.25, "Quartered rates for the tail of fmnist_32"), nor two each with an
+    # auxiliary classifier in D (--d_ac true at --ac_weight 1 and 0.1, and with --ms_weight 1: "An auxiliary classifier in D").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600),
     # The same recipe with a wider G (16) for 6,000 steps, the rates halved and the EMA G from step 4,000, its decay

@@ -474,6 +474,9 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
                 f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (docs/training.md, 'Many GPUs')")
+    if not args.d_ac and "ac_weight" in explicit_flags(argv):
+        p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
+                "drop --ac_weight")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:

@@ -273,8 +273,8 @@ def log_line(step: int, total: int, logs: dict[str, Tensor], s_per_step: float, 
         for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
             writer.add_scalar(k, v, step)
     gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-    ms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in ("loss/ms", "loss/ac_d", "loss/ac_g") if k in vals)
-    line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{ms} D(x) {vals['d/real']:.3f} "
+    terms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in ("loss/ms", "loss/ac_d", "loss/ac_g") if k in vals)
+    line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{terms} D(x) {vals['d/real']:.3f} "
             f"D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration((total - step) * s_per_step)}")
     return line, vals
 

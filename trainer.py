@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import platform
 import random
 import signal
 import sys
@@ -247,6 +248,19 @@ def cpu_bf16_units() -> str | None:
         if getattr(torch.cpu, check, lambda: False)():
             return name
     return None
+
+
+def machine_info(device: torch.device) -> dict[str, str]:
+    """What a seeded run's numbers depend on besides the code and the flags: the CPU's model and the vector
+    instructions torch's kernels use, and the GPU (docs/training.md, "Repeatability")."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def seed_everything(seed: int) -> None:
@@ -793,7 +807,7 @@ class Trainer:
                 p.mkdir(parents=True, exist_ok=True)
             write_json(self.run["models"] / "training_options.json", {
                 "args": o.flags, "model_config": self.cfg.to_dict(), "device": str(self.device), "world_size": self.dist.world,
-                "global_batch": self.global_batch, "torch": torch.__version__,
+                "global_batch": self.global_batch, "torch": torch.__version__, "machine": machine_info(self.device),
                 "G_params": sum(p.numel() for p in self.G.parameters()), "D_params": sum(p.numel() for p in self.D.parameters())})
             recorded = self.metrics.truncate(self.step)
             if o.use_tensorboard:

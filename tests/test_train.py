@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shlex
 import subprocess
 import sys
@@ -48,6 +49,9 @@ def test_seed_lines_train(workdir: Path, line: str, capsys: pytest.CaptureFixtur
     assert (workdir / "models" / version / "latest").read_text().strip() == "2.pt"
     options = json.loads((workdir / "models" / version / "training_options.json").read_text())
     assert options["model_config"]["span"] == (3 if "--span 3" in line else 0)
+    machine = options["machine"]  # what decides whether a seeded run repeats elsewhere
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpu"]
+    assert machine["python"] == platform.python_version() and ("gpu" in machine) == options["device"].startswith("cuda")
     tags = _scalars(workdir / "logs" / version)
     assert {"loss/d", "loss/g", "d/real", "d/fake", "lr/g", "lr/d", "speed/img_per_s", "image:samples"} <= tags
     assert any(t.startswith("gamma/G.") for t in tags) and any(t.startswith("gamma/D.") for t in tags)

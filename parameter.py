@@ -466,7 +466,8 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
         preset.setdefault("version", args.preset)
         p.set_defaults(**preset)
         args = p.parse_args(argv)
-    args.global_batch = global_batch if global_batch and "batch_size" not in explicit_flags(argv) else None
+    given = explicit_flags(argv)
+    args.global_batch = global_batch if global_batch and "batch_size" not in given else None
     try:
         split_global_batch(args, 1)
     except ValueError as e:
@@ -475,7 +476,7 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
                 f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (docs/training.md, 'Many GPUs')")
-    if not args.d_ac and "ac_weight" in explicit_flags(argv):
+    if not args.d_ac and "ac_weight" in given:
         p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
                 "drop --ac_weight")
     if args.ms_weight and args.batch_size % 2:

@@ -56,8 +56,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, private_rng, reference_indices,
-                     save_atomic, to_uint8)
+from metrics import (EvalError, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng, reference_indices,
+                     save_atomic, to_uint8, truncation_note)
 from progress import check_abort, track
 
 SEED = 0  # the tuning classifier's own seed, the same for every run it scores
@@ -249,10 +249,12 @@ class ClassifierEvaluator:
     best = (("cls_acc", "cls_acc", "max"), ("fid_cls", "fid_cls", "min"))  # (checkpoint best_<name>, metric, direction)
 
     def __init__(self, dataset: Dataset, test: Dataset, dataset_name: str, imsize: int, num_classes: int,
-                 device: torch.device, cache_dir: Path, n_ref: int, batch_size: int = 64, seed: int = 0) -> None:
+                 device: torch.device, cache_dir: Path, n_ref: int, batch_size: int = 64, seed: int = 0,
+                 truncation: float = 0.0) -> None:
         if num_classes < 2:
             raise EvalError(f"the classifier metric needs a labelled dataset; {dataset_name} has no labels")
         self.num_classes, self.device, self.batch_size, self.seed = num_classes, device, batch_size, seed
+        self.truncation = truncation  # > 0: the samples' z from the truncated normal (sagan_models.truncate_latents)
         self.name, self.imsize, self.dataset = dataset_name, imsize, dataset
         self.class_names = list(getattr(dataset, "class_names", None) or getattr(getattr(dataset, "dataset", None), "class_names", None)
                                 or [str(c) for c in range(num_classes)])
@@ -387,7 +389,7 @@ class ClassifierEvaluator:
             **self.independent_figures(x, y),
             "gan_train_acc": accuracy(gan_train, self.test_x, self.test_y),
             "fid_cls": fid_from_stats(mu, sigma, self.ref_mu, self.ref_sigma),
-            "samples": n, "ref_samples": self.meta["n_ref"],
+            "samples": n, "ref_samples": self.meta["n_ref"], "truncation": self.truncation,
             "classifier_test_acc": self.test_acc, "ind_test_acc": self.ind_test_acc, "gan_train_real": self.gan_train_real,
             "real": self.real_figures(n),
         }
@@ -403,7 +405,7 @@ class ClassifierEvaluator:
 
     def samples(self, G: nn.Module, n: int) -> tuple[Tensor, Tensor]:
         """n uint8 samples of G (eval mode, the evaluation seed) and their requested labels."""
-        xs, ys = zip(*generate(G, n, self.batch_size, next(G.parameters()).device))
+        xs, ys = zip(*generate(G, n, self.batch_size, next(G.parameters()).device, truncation=self.truncation))
         return torch.cat(xs), torch.cat(ys)
 
     def class_accuracy(self, G: nn.Module, n: int) -> float:
@@ -418,7 +420,7 @@ class ClassifierEvaluator:
 
     @staticmethod
     def scalars(m: dict) -> dict[str, float]:
-        t = count_tag(m["samples"])
+        t = metric_tag(m)
         names = ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "ind_fd", "ind_precision", "ind_recall")
         return {f"metrics/{k}{t}": m[k] for k in names}
 
@@ -428,7 +430,7 @@ class ClassifierEvaluator:
         figure (as many real training images as samples) beneath each independent one."""
         m, ref, c = result["metrics"], result["reference"], result["classifier"]
         real = m["real"]
-        t = count_tag(m["samples"])
+        t = metric_tag(m)
         names = [n[:8] for n in result.get("class_names") or range(len(m["cls_acc_per_class"]))]
         pct = "{:>8.1%}".format
         num = "{:>8.3f}".format
@@ -438,7 +440,7 @@ class ClassifierEvaluator:
 
         lines = [
             f"{'source':<44}{result['source']}",
-            f"{'samples':<44}{m['samples']:,} (uniform labels); real scale: {real['images']:,} real training images",
+            f"{'samples':<44}{m['samples']:,} (uniform labels{truncation_note(m, '; ')}); real scale: {real['images']:,} real training images",
             f"{'':<44}{'all':>8}  " + " ".join(f"{n:>8}" for n in names),
             row(f"gan_test{t} (GAN-test: the lower of the two)", m["gan_test"], [min(a, b) for a, b in zip(m["cls_acc_per_class"], m["ind_acc_per_class"])], pct),
             row(f"cls_acc{t} (tuning classifier)", m["cls_acc"], m["cls_acc_per_class"], pct),

@@ -30,10 +30,10 @@ import torch
 import visualize
 from checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS, CheckpointError, checkpoint_path, load_checkpoint, load_generator
 from durable import write_durably, write_json, write_text
-from metrics import count_tag, file_sha256
+from metrics import file_sha256, metric_tag
 
 # metrics.jsonl fields that describe an evaluation rather than score it
-RECORD_FIELDS = ("step", "kimg", "train_seconds", "seconds", "samples", "ref_samples")
+RECORD_FIELDS = ("step", "kimg", "train_seconds", "seconds", "samples", "ref_samples", "truncation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def metric_records(folder: Path) -> list[dict]:
 
 def scalar_metrics(record: dict) -> dict[str, float]:
     """name<count> -> value of a metrics.jsonl record's scalar scores (fid10k, cls_acc2k, ...)."""
-    tag = count_tag(int(record.get("samples", 0))) if record.get("samples") else ""
+    tag = metric_tag(record) if record.get("samples") else ""
     return {f"{k}{tag}": float(v) for k, v in record.items()
             if k not in RECORD_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -32,9 +32,9 @@ from data_loader import (DatasetError, build_dataset, build_test_split, class_fo
                          get_loader, workers_for)
 from distributed import LaunchError, resolve_device
 from durable import write_json, write_text
-from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, count_tag, resolve_weights, write_samples
+from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, metric_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
-from sagan_models import Discriminator, Generator, count_params, standing_stats
+from sagan_models import Discriminator, Generator, count_params, standing_stats, truncate_latents
 from trainer import Preempted, StopRecorder, Trainer, cpu_bf16_units, seed_everything
 
 
@@ -80,13 +80,14 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
         dataset, _ = build_dataset(data_spec(args))
     if weights is not None:
         return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
-                         args.eval_ref_samples, args.eval_batch_size, workers_for(args.num_workers, dataset))
+                         args.eval_ref_samples, args.eval_batch_size, workers_for(args.num_workers, dataset), args.truncation)
     test = build_test_split(data_spec(args))
     if test is None:
         raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(classifier_datasets())}); "
                         f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
     return ClassifierEvaluator(dataset, test, name, args.imsize, test.num_classes, device,
-                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED)
+                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED,
+                               args.truncation)
 
 
 def report(result: dict, json_path: Path, evaluator: "Evaluator | ClassifierEvaluator") -> None:
@@ -102,7 +103,7 @@ def evaluate_folder(args: Namespace) -> int:
     folder = Path(args.eval_dir)
     evaluator = build_evaluator(args, resolve_device(args.device))
     result = evaluator.folder(folder)
-    out = Path(args.eval_json) if args.eval_json else folder.parent / f"{folder.name}_eval_{count_tag(result['metrics']['samples'])}.json"
+    out = Path(args.eval_json) if args.eval_json else folder.parent / f"{folder.name}_eval_{metric_tag(result['metrics'])}.json"
     report(result, out, evaluator)
     return 0
 
@@ -132,7 +133,7 @@ def sample(args: Namespace) -> int:
     seed_everything(args.seed)
     if args.standing_stats:
         G = standing_stats(G, args.standing_stats, args.eval_batch_size, seed=args.seed)
-    z, y = visualize.fixed_noise(loaded.config, args.seed + 1, device)
+    z, y = visualize.fixed_noise(loaded.config, args.seed + 1, device, args.truncation)
     out = run["samples"] / f"{step}_sample.png"
     visualize.write_sample_grid(G, z, y, out)
     origin = f", converted from {loaded.source['format']}" if loaded.source else ""
@@ -143,7 +144,7 @@ def sample(args: Namespace) -> int:
     for p in written + look_inside(G, step, run["samples"], args):
         print(f"wrote {p}")
     if args.sample_dir:
-        written = write_samples(G, Path(args.sample_dir), args.sample_num, args.eval_batch_size)
+        written = write_samples(G, Path(args.sample_dir), args.sample_num, args.eval_batch_size, truncation=args.truncation)
         print(f"wrote {len(written)} samples to {args.sample_dir}")
     if evaluator is not None:
         result = evaluator(G, args.eval_samples, source=f"{path} (step {step})")
@@ -151,12 +152,12 @@ def sample(args: Namespace) -> int:
         if preset in TUNED_WITH:
             result["tuned_with"] = f"--preset {preset} was tuned with {TUNED_WITH[preset]}"
             print(f"note: {result['tuned_with']}; the independent classifier chose nothing")
-        tag = count_tag(result["metrics"]["samples"])
+        tag = metric_tag(result["metrics"])
         report(result, Path(args.eval_json) if args.eval_json else run["models"] / f"eval_{path.stem}_{tag}.json", evaluator)
         if isinstance(evaluator, ClassifierEvaluator):  # labelled data at hand: each class's samples beside real images
             figure = run["samples"] / f"{step}_vs_real.png"
             classes = parse_classes(args.classes, loaded.config.num_classes)
-            visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed).save(figure)
+            visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed, truncation=args.truncation).save(figure)
             print(f"wrote {figure}")
     return 0
 
@@ -169,7 +170,8 @@ def write_explorer(G: nn.Module, D: nn.Module, loaded: LoadedGenerator, path: Pa
     k, cfg = max(args.attn_samples, 1), loaded.config
     classes = parse_classes(args.classes, cfg.num_classes) if args.classes else visualize.class_rows(cfg.num_classes, 4)
     g = torch.Generator().manual_seed(args.seed + 2)
-    z = torch.randn(k * max(len(classes), 1) if cfg.num_classes else k, cfg.z_dim, generator=g).to(next(G.parameters()).device)
+    z = torch.randn(k * max(len(classes), 1) if cfg.num_classes else k, cfg.z_dim, generator=g)
+    z = truncate_latents(z, args.truncation).to(next(G.parameters()).device)
     y = torch.tensor(classes).repeat_interleave(k).to(z.device) if cfg.num_classes else None
     names = list(dataset_info(loaded.flags.get("dataset", "folder")).class_names)
     data = explorer.explorer_data(G, D, z, y, names)
@@ -195,11 +197,11 @@ def look_inside(G: nn.Module, step: int, folder: Path, args: Namespace) -> list[
     written = []
     classes = parse_classes(args.classes, G.cfg.num_classes) if G.cfg.num_classes else None
     if classes is not None:
-        grid = visualize.class_grid(G, classes, columns=8, seed=args.seed)
+        grid = visualize.class_grid(G, classes, columns=8, seed=args.seed, truncation=args.truncation)
         save_image(grid * 0.5 + 0.5, folder / f"{step}_classes.png", nrow=8, padding=2)
         written.append(folder / f"{step}_classes.png")
     pairs = [(args.seed + 2 * r, args.seed + 2 * r + 1) for r in range(args.interp_rows)]
-    grid = visualize.interpolation_grid(G, pairs, args.interp_steps, classes)
+    grid = visualize.interpolation_grid(G, pairs, args.interp_steps, classes, args.truncation)
     save_image(grid * 0.5 + 0.5, folder / f"{step}_interp.png", nrow=args.interp_steps, padding=2)
     written.append(folder / f"{step}_interp.png")
     return written

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from durable import write_durably, write_text
 from progress import Progress, check_abort, duration, track
-from sagan_models import eval_mode
+from sagan_models import eval_mode, truncate_latents
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -167,19 +167,22 @@ class Features:
         return len(self.pool)
 
 
-def eval_latents(n: int, z_dim: int, num_classes: int, seed: int = EVAL_SEED) -> tuple[Tensor, Tensor | None]:
-    """The evaluation z (N(0, I)) and labels (uniform), from a private generator: the same on every call."""
+def eval_latents(n: int, z_dim: int, num_classes: int, seed: int = EVAL_SEED,
+                 truncation: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    """The evaluation z (N(0, I), or truncated to [-t, t]: `truncate_latents`) and labels (uniform), from a
+    private generator: the same on every call, and the same labels at every truncation."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, z_dim, generator=g)
     y = torch.randint(0, num_classes, (n,), generator=g) if num_classes else None
-    return z, y
+    return truncate_latents(z, truncation), y
 
 
 @torch.no_grad()
-def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: int = EVAL_SEED) -> Iterator[tuple[Tensor, Tensor | None]]:
+def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: int = EVAL_SEED,
+             truncation: float = 0.0) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield (uint8 images, labels) batches from G in eval mode; G's previous mode is restored afterwards."""
     cfg = G.cfg
-    z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed)
+    z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed, truncation)
     with eval_mode(G):
         for i in range(0, n, batch_size):
             check_abort(f"sampling {n:,} images")  # a stop signal abandons an evaluation at the next batch
@@ -212,9 +215,10 @@ def features_of(net: Inception, batches: Iterable[Tensor], what: str = "Inceptio
     return Features(torch.cat([p for p, _ in feats]), torch.cat([l for _, l in feats]))
 
 
-def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> Features:
+def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED,
+                       truncation: float = 0.0) -> Features:
     device = next(G.parameters()).device
-    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed)),
+    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed, truncation)),
                        f"evaluation: Inception features of {n:,} samples", n, "--eval_samples N")
 
 
@@ -249,13 +253,14 @@ def folder_features(folder: Path, imsize: int, net: Inception, batch_size: int =
     return features_of(net, folder_images(folder, imsize).split(batch_size))
 
 
-def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed: int = EVAL_SEED) -> list[Path]:
+def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed: int = EVAL_SEED,
+                  truncation: float = 0.0) -> list[Path]:
     """Write n generated PNGs, `<index>.png` or `<index>_c<label>.png`, for outside tools."""
     folder.mkdir(parents=True, exist_ok=True)
     device = next(G.parameters()).device
     paths, k = [], 0
     with Progress(f"writing {n:,} samples to {folder}", n, "images") as p:
-        for imgs, ys in generate(G, n, batch_size, device, seed):
+        for imgs, ys in generate(G, n, batch_size, device, seed, truncation):
             for j, img in enumerate(imgs):
                 name = f"{k:06d}_c{int(ys[j])}.png" if ys is not None else f"{k:06d}.png"
                 Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
@@ -342,6 +347,13 @@ def count_tag(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+def metric_tag(m: dict) -> str:
+    """The suffix of a result's metric names: the sample count, then the truncation when z was truncated
+    (fid10k, cls_acc2k_trunc1.5): a truncated evaluation is another metric."""
+    t = m.get("truncation") or 0.0
+    return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "")
+
+
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     from torch_fidelity.metric_fid import fid_statistics_to_metric
 
@@ -379,10 +391,16 @@ def compute_metrics(fake: Features, ref: dict) -> dict:
 
 
 def tensorboard_scalars(m: dict) -> dict[str, float]:
-    """Metric names with their sample count, e.g. metrics/fid10k, metrics/is10k_1split."""
-    t = count_tag(m["samples"])
+    """Metric names with their sample count (and truncation: `metric_tag`), e.g. metrics/fid10k, metrics/is10k_1split."""
+    t = metric_tag(m)
     return {f"metrics/is{t}": m["is_10splits"], f"metrics/is{t}_1split": m["is_1split"], f"metrics/fid{t}": m["fid"],
             f"metrics/kid{t}": m["kid"], f"metrics/precision{t}": m["precision"], f"metrics/recall{t}": m["recall"]}
+
+
+def truncation_note(m: dict, sep: str) -> str:
+    """The samples line's note on their z, after `sep`: nothing for N(0, I), the interval of a truncated normal."""
+    t = m.get("truncation") or 0.0
+    return f"{sep}z truncated to [-{t:g}, {t:g}]" if t else ""
 
 
 def format_table(result: dict) -> str:
@@ -397,7 +415,7 @@ def format_table(result: dict) -> str:
         ("KID", f"{m['kid']:.6f} +- {m['kid_std']:.6f}"),
         ("precision", f"{m['precision']:.4f}"),
         ("recall", f"{m['recall']:.4f}"),
-        ("samples", f"{m['samples']:,}"),
+        ("samples", f"{m['samples']:,}{truncation_note(m, ', ')}"),
         ("reference", f"{ref['dataset']} {ref['split']} split, {ref['n']:,} images at {ref['imsize']} px "
                       f"(cache {'hit' if ref['cache_hit'] else 'written'}: {ref['cache']})"),
         ("weights", f"{w['path']} sha256 {w['sha256']}{note}"),
@@ -412,24 +430,26 @@ class Evaluator:
     The interface that the trainer and main.py use (shared with `classifier.ClassifierEvaluator`):
     `__call__(G, n, source)` and `folder(path)` return a result dict with "metrics"; `scalars(metrics)`
     gives the TensorBoard scalars; `best` lists (checkpoint best_<name>, metric, "min"/"max");
-    `format(result)` is the plain-text table."""
+    `format(result)` is the plain-text table. `truncation` > 0 draws the samples' z from the truncated
+    normal (`truncate_latents`); the result records it."""
 
     best = (("fid", "fid", "min"), ("is", "is_10splits", "max"))
     scalars = staticmethod(tensorboard_scalars)
     format = staticmethod(format_table)
 
     def __init__(self, dataset: Dataset, dataset_name: str, imsize: int, weights: Path, device: torch.device,
-                 cache_dir: Path, n_ref: int, batch_size: int = 64, num_workers: int = 0) -> None:
+                 cache_dir: Path, n_ref: int, batch_size: int = 64, num_workers: int = 0, truncation: float = 0.0) -> None:
         self.net = Inception(weights, device)
-        self.batch_size = batch_size
+        self.batch_size, self.truncation = batch_size, truncation
         self.ref = reference_stats(dataset, dataset_name, imsize, self.net, cache_dir, n_ref, batch_size, num_workers)
         self.imsize = imsize
 
-    def _result(self, source: str, fake: Features) -> dict:
+    def _result(self, source: str, fake: Features, truncation: float | None = None) -> dict:
+        """A folder's images have no recorded z: `truncation` None leaves it out of the metrics."""
         meta = self.ref["meta"]
         return {
             "source": source,
-            "metrics": compute_metrics(fake, self.ref),
+            "metrics": {**compute_metrics(fake, self.ref), **({} if truncation is None else {"truncation": truncation})},
             "reference": {**{k: meta[k] for k in ("dataset", "split", "imsize", "n")}, "fingerprint": meta["data"][:16],
                           "cache": self.ref["cache"]["path"], "cache_hit": self.ref["cache"]["hit"]},
             "weights": {"path": str(self.net.path), "sha256": self.net.sha256, "official": self.net.official},
@@ -437,7 +457,8 @@ class Evaluator:
         }
 
     def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
-        return self._result(source, generator_features(G, self.net, n, self.batch_size))
+        return self._result(source, generator_features(G, self.net, n, self.batch_size, truncation=self.truncation),
+                            self.truncation)
 
     def folder(self, folder: Path) -> dict:
         return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))

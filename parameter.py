@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--standing_stats", type=non_negative, default=0, metavar="N",
                    help="before sampling and evaluation, recompute the sampling G's batch-norm statistics over N batches of "
                         "--eval_batch_size (BigGAN's standing statistics; 0: keep the running averages)")
+    s.add_argument("--truncation", type=non_negative_float, default=0.0, metavar="T",
+                   help="sample grids, evaluations and --sample_dir draw each coordinate of z from N(0, 1) truncated to "
+                        "[-T, T] (BigGAN's truncation trick: fewer, more typical samples; training's z is never truncated; "
+                        "metrics named e.g. fid10k_trunc1.5; 0: off)")
 
     f = p.add_argument_group("speed")
     f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,

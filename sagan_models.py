@@ -590,6 +590,21 @@ def sample(G: nn.Module, z: Tensor, y: Tensor | None = None, batch_size: int = 6
         return torch.cat([G(zb, yb) for zb, yb in zip(zs, ys)])
 
 
+def truncate_latents(z: Tensor, truncation: float) -> Tensor:
+    """BigGAN's truncation trick (Brock et al. 2019, section 3.1): each coordinate of z ~ N(0, 1) mapped onto
+    N(0, 1) truncated to [-t, t] by the monotone map ndtri(Phi(-t) + (1 - 2 Phi(-t)) ndtr(z)), computed in
+    float64. BigGAN resamples the values outside [-t, t] instead; both give the truncated normal, but the map
+    keeps every sample's draw (and label), so a grid or an evaluation with and without truncation pairs up
+    sample by sample. t = 0 returns z itself (no truncation)."""
+    if truncation < 0:
+        raise ValueError(f"truncation must be >= 0 (0: off), got {truncation}")
+    if truncation == 0:
+        return z
+    low = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
+    u = low + (1 - 2 * low) * torch.special.ndtr(z.double())  # uniform on (Phi(-t), Phi(t))
+    return torch.special.ndtri(u).clamp_(-truncation, truncation).to(z.dtype)
+
+
 @torch.no_grad()
 def standing_stats(G: nn.Module, batches: int, batch_size: int = 64, seed: int = 0) -> nn.Module:
     """A copy of G whose batch-norm running statistics are recomputed ("standing statistics",
@@ -717,11 +732,11 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int, labels: int | Sequence[int] | Tensor | None = None, seed: int = 0,
-                 value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+                 value_range: tuple[float, float] = (0.0, 1.0), truncation: float = 0.0) -> Tensor:
         """n images (n, 3, imsize, imsize) in `value_range` ((0, 1), or (-1, 1) as G draws them), drawn in eval
-        mode from z ~ N(0, I) of a CPU generator seeded with `seed` (the same images on every device).
-        `labels`: None (uniform over the classes, from the same seed, for a conditional G), one class for
-        all, or one per image."""
+        mode from z ~ N(0, I) of a CPU generator seeded with `seed` (the same images on every device), truncated
+        to [-truncation, truncation] when that is > 0 (`truncate_latents`). `labels`: None (uniform over the
+        classes, from the same seed, for a conditional G), one class for all, or one per image."""
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.cfg.z_dim, generator=g)
         y = None
@@ -732,7 +747,7 @@ class Generator(nn.Module):
         elif labels is not None:
             raise ValueError("this generator is unconditional: pass labels=None")
         device = next(self.parameters()).device
-        img = sample(self, z.to(device), y.to(device) if y is not None else None)
+        img = sample(self, truncate_latents(z, truncation).to(device), y.to(device) if y is not None else None)
         low, high = value_range
         return (img + 1) * (high - low) / 2 + low
 

@@ -110,6 +110,7 @@ class TrainOptions:
     ema_decay: float
     ema_start: int
     standing_stats: int
+    truncation: float
     flip: bool
     diffaug: str
     ms_weight: float
@@ -519,7 +520,7 @@ class Trainer:
         self.bad_warned: str | None = None
         self.run = opts.folders
         self.metrics = MetricsLog(self.run["models"] / "metrics.jsonl")
-        self.fixed_z, self.fixed_y = visualize.fixed_noise(self.cfg, opts.seed + 1, self.device)
+        self.fixed_z, self.fixed_y = visualize.fixed_noise(self.cfg, opts.seed + 1, self.device, opts.truncation)
         # Speed options (--amp, --channels_last, --attn_backend, --compile, --tf32)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from checkpoints import CheckpointError
 from durable import why_not_written, write_durably
 from metrics import to_uint8
-from sagan_models import ModelConfig, SelfAttention, eval_mode, sample
+from sagan_models import ModelConfig, SelfAttention, eval_mode, sample, truncate_latents
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
 # Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
@@ -65,11 +65,12 @@ def class_rows(num_classes: int, limit: int = 16) -> list[int]:
     return torch.linspace(0, num_classes - 1, min(num_classes, limit)).round().long().tolist()
 
 
-def fixed_noise(cfg: ModelConfig, seed: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """(z, y) of the sample grids: 8 columns, one row per class in `class_rows` when conditional, else 8 rows."""
+def fixed_noise(cfg: ModelConfig, seed: int, device: torch.device, truncation: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    """(z, y) of the sample grids: 8 columns, one row per class in `class_rows` when conditional, else 8 rows;
+    z truncated to [-truncation, truncation] when it is > 0 (`truncate_latents`)."""
     rows = class_rows(cfg.num_classes) if cfg.num_classes else None
-    z = torch.randn(8 * (len(rows) if rows else 8), cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    return z, torch.tensor(rows).repeat_interleave(8).to(device) if rows else None
+    z = torch.randn(8 * (len(rows) if rows else 8), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    return truncate_latents(z, truncation).to(device), torch.tensor(rows).repeat_interleave(8).to(device) if rows else None
 
 
 @torch.no_grad()
@@ -195,7 +196,7 @@ def attention_figures(G: nn.Module, z: Tensor, y: Tensor | None, points: list[tu
 
 
 @torch.no_grad()
-def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0) -> Tensor:
+def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0, truncation: float = 0.0) -> Tensor:
     """(len(classes) * columns, 3, H, W): row r is class classes[r], column c uses the same z in every row."""
     cfg = G.cfg
     if not cfg.num_classes:
@@ -204,7 +205,7 @@ def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0
     if bad:
         raise ValueError(f"--classes {bad} outside 0..{cfg.num_classes - 1}")
     device = next(G.parameters()).device
-    z = torch.randn(columns, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    z = truncate_latents(torch.randn(columns, cfg.z_dim, generator=torch.Generator().manual_seed(seed)), truncation).to(device)
     zs = z.repeat(len(classes), 1)  # (R * C, z_dim)
     ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
     return sample(G, zs, ys)
@@ -224,12 +225,15 @@ def seed_latent(seed: int, z_dim: int) -> Tensor:
 
 
 @torch.no_grad()
-def interpolation_grid(G: nn.Module, pairs: list[tuple[int, int]], steps: int = 8, classes: list[int] | None = None) -> Tensor:
-    """(len(pairs) * steps, 3, H, W): row r goes from seed pairs[r][0]'s z to pairs[r][1]'s z by slerp."""
+def interpolation_grid(G: nn.Module, pairs: list[tuple[int, int]], steps: int = 8, classes: list[int] | None = None,
+                       truncation: float = 0.0) -> Tensor:
+    """(len(pairs) * steps, 3, H, W): row r goes from seed pairs[r][0]'s z to pairs[r][1]'s z by slerp (with
+    `truncation` > 0, every point of the path then mapped into [-truncation, truncation] by `truncate_latents`)."""
     cfg = G.cfg
     device = next(G.parameters()).device
     t = torch.linspace(0, 1, steps)
-    zs = torch.cat([slerp(seed_latent(a, cfg.z_dim), seed_latent(b, cfg.z_dim), t) for a, b in pairs]).to(device)
+    zs = torch.cat([slerp(seed_latent(a, cfg.z_dim), seed_latent(b, cfg.z_dim), t) for a, b in pairs])
+    zs = truncate_latents(zs, truncation).to(device)
     ys = None
     if cfg.num_classes:
         labels = classes or list(range(cfg.num_classes))
@@ -328,12 +332,13 @@ def stack(images: list[Image.Image], title: str = "") -> Image.Image:
     return out
 
 
-def versus_real(G: nn.Module, dataset: Dataset, classes: list[int], columns: int = 8, seed: int = 0, scale: int = 2) -> Image.Image:
+def versus_real(G: nn.Module, dataset: Dataset, classes: list[int], columns: int = 8, seed: int = 0, scale: int = 2,
+                truncation: float = 0.0) -> Image.Image:
     """One line per class: its name, `columns` samples of G (eval mode, z from `seed`), a gap, and up to
     `columns` real training images of the class (chosen with `seed`), each image enlarged `scale` times."""
     labels = torch.as_tensor(dataset.labels) if hasattr(dataset, "labels") else torch.tensor([dataset[i][1] for i in range(len(dataset))])
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(G.cfg.num_classes)]
-    fake = class_grid(G, classes, columns, seed).float().cpu()  # (R * C, 3, S, S)
+    fake = class_grid(G, classes, columns, seed, truncation).float().cpu()  # (R * C, 3, S, S)
     g = torch.Generator().manual_seed(seed)
     s = fake.shape[-1] * scale
     label_w, gap, head = 110, s // 2, 24

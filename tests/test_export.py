@@ -137,3 +137,6 @@ def test_metric_names_carry_their_sample_count() -> None:
     record = {"step": 600, "kimg": 38.4, "seconds": 17.7, "samples": 2000, "ref_samples": 50000, "cls_acc": 0.518,
               "fid_cls": 136.4, "cls_acc_per_class": [0.1, 0.2]}
     assert export.scalar_metrics(record) == {"cls_acc2k": 0.518, "fid_cls2k": 136.4}
+    truncated = {**record, "truncation": 1.5}
+    assert export.scalar_metrics(truncated) == {"cls_acc2k_trunc1.5": 0.518, "fid_cls2k_trunc1.5": 136.4}
+    assert export.scalar_metrics({**record, "truncation": 0.0}) == export.scalar_metrics(record)

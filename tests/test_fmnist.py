@@ -17,7 +17,7 @@ import data_loader
 from classifier import ClassifierEvaluator, stack_uint8
 from data_loader import DataSpec, DatasetError, FashionMNIST, Shapes, build_dataset, build_test_split
 from parameter import get_parameters
-from sagan_models import ModelConfig
+from sagan_models import ModelConfig, truncate_latents
 
 
 def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
@@ -226,6 +226,14 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
         assert text in out
     with Image.open(workdir / "samples/fm/2_vs_real.png") as fig:  # 10 class lines of 64 px under a 24 px header
         assert fig.height == 24 + 10 * 64 and fig.width == 110 + 16 * 64 + 32
+    # a truncated evaluation is another metric: its own names and JSON file beside the untruncated one
+    assert main(["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
+                 "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu",
+                 "--truncation", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "40 (uniform labels; z truncated to [-1, 1])" in out and "gan_test40_trunc1 (GAN-test" in out
+    saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40_trunc1.json").read_text())
+    assert saved["metrics"]["truncation"] == 1.0 and (workdir / "models/fm/eval_best_cls_acc_40.json").is_file()
 
 
 def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path) -> None:
@@ -238,6 +246,42 @@ def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path)
         before = torch.get_rng_state()
         ev(G, 20)
         assert torch.equal(before, torch.get_rng_state())
+
+
+class ZRecordingG(RealImagesG):
+    """RealImagesG that keeps every z and label it was asked for."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, num_classes: int) -> None:
+        super().__init__(dataset, num_classes)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.seen.append((z.clone(), y.clone()))
+        return super().forward(z, y)
+
+
+def test_a_truncated_evaluation_draws_truncated_z_for_the_same_labels_and_says_so(tmp_path: Path) -> None:
+    fake_fmnist(tmp_path / "fm", n_train=120, n_test=40)
+    a = args_for(tmp_path / "fm")
+    train, test = build_dataset(a)[0], build_test_split(a)
+    results, seen = {}, {}
+    for t in (0.0, 0.5):
+        ev = ClassifierEvaluator(train, test, "fashion_mnist", 32, 10, torch.device("cpu"), tmp_path, n_ref=0, batch_size=10,
+                                 truncation=t)
+        G = ZRecordingG(train, 10)
+        results[t] = ev(G, 30)
+        seen[t] = [torch.cat(v) for v in zip(*G.seen)]
+    (z0, y0), (z1, y1) = seen[0.0], seen[0.5]
+    assert torch.equal(y0, y1) and len(y1) == 30  # the same requested classes
+    assert z0.abs().max() > 1 and z1.abs().max() <= 0.5  # truncated, and the untruncated draw is not
+    assert torch.equal(z1, truncate_latents(z0, 0.5))  # the same draw, mapped
+    m = results[0.5]["metrics"]
+    assert m["truncation"] == 0.5 and results[0.0]["metrics"]["truncation"] == 0.0
+    assert set(ev.scalars(m)) == {f"metrics/{k}30_trunc0.5" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc",
+                                                                     "fid_cls", "ind_fd", "ind_precision", "ind_recall")}
+    table = ev.format(results[0.5])
+    assert "30 (uniform labels; z truncated to [-0.5, 0.5])" in table and "cls_acc30_trunc0.5 (tuning classifier)" in table
+    assert "z truncated" not in ev.format(results[0.0])
 
 
 @pytest.mark.slow

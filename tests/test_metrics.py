@@ -131,6 +131,13 @@ def test_generator_and_folder_agree_and_mode_restored(weights: Path, tmp_path: P
     from_folder = ev.folder(tmp_path / "fakes")["metrics"]
     for k in ("is_10splits", "is_1split", "fid", "kid", "precision", "recall"):
         assert from_folder[k] == pytest.approx(m[k], rel=1e-6, abs=1e-9), k
+    assert m["truncation"] == 0.0 and "truncation" not in from_folder  # a folder's images have no known z
+    ev.truncation = 0.5  # --truncation 0.5: other z, other samples, the same labels
+    t = ev(G, 20)
+    assert t["metrics"]["truncation"] == 0.5 and t["metrics"]["fid"] != m["fid"]
+    assert "  20, z truncated to [-0.5, 0.5]" in ev.format(t) and set(ev.scalars(t["metrics"])) >= {"metrics/fid20_trunc0.5"}
+    trunc_files = write_samples(G, tmp_path / "trunc", 20, truncation=0.5)
+    assert [f.name for f in trunc_files] == [f.name for f in files]
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy() -> None:

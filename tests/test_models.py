@@ -19,6 +19,7 @@ from sagan_models import (
     count_params,
     sample,
     standing_stats,
+    truncate_latents,
 )
 
 # (config, G params, D params): StudioGAN's training logs and heykeetae's port.
@@ -343,3 +344,32 @@ def test_shared_embedding_without_hier_gives_every_cbn_the_class_vector() -> Non
     w = spectral.original_weight(plain.blocks[0].bn1.gain)
     assert not spectral.is_normalised(plain.blocks[0].bn1.gain) and not w.any()  # unnormalised: gain starts at 1 + 0
     assert ModelConfig().g_shared_dim == 0 and not ModelConfig().g_hier  # off unless asked (and in older checkpoints)
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0])
+def test_truncated_latents_are_the_truncated_normal_and_keep_each_draw(t: float) -> None:
+    from scipy import stats
+
+    z = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))
+    x = truncate_latents(z, t)
+    assert x.shape == z.shape and x.dtype == z.dtype and x.abs().max() <= t
+    # the distribution: N(0, 1) restricted to [-t, t] (BigGAN's truncated normal), by its moments and a KS test
+    ref = stats.truncnorm(-t, t)
+    flat = x.flatten().double().numpy()
+    assert abs(flat.std() - ref.std()) < 0.01 and abs(flat.mean()) < 0.01
+    assert stats.kstest(flat, ref.cdf).pvalue > 0.01
+    # one monotone map per coordinate: each draw keeps its rank, so samples pair up with and without truncation
+    a, b = z[:-1].flatten(), z[1:].flatten()
+    clear = (a - b).abs() > 1e-3
+    assert torch.equal((x[:-1].flatten() > x[1:].flatten())[clear], (a > b)[clear])
+
+
+def test_truncation_zero_is_off_and_negative_is_an_error() -> None:
+    z = torch.randn(4, 8)
+    assert truncate_latents(z, 0.0) is z
+    with pytest.raises(ValueError, match="truncation must be >= 0"):
+        truncate_latents(z, -1.0)
+    G = Generator(ModelConfig(imsize=32, g_conv_dim=8, d_conv_dim=8, num_classes=4))
+    plain = G.generate(6, seed=1)
+    assert torch.equal(G.generate(6, seed=1, truncation=0.0), plain)
+    assert not torch.equal(G.generate(6, seed=1, truncation=0.5), plain)

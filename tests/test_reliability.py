@@ -336,6 +336,7 @@ def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
         (["--ms_weight", "1", "--batch_size", "7"], "--ms_weight pairs G's batch in halves, so --batch_size must be even"),
         (["--num_classes", "0", "--d_ac", "true"], "d_ac classifies images into the dataset's classes; use it with a labelled"),
         (["--ac_weight", "0.5"], "--ac_weight weighs the class loss of D's auxiliary classifier head, which is off"),
+        (["--truncation", "-1"], "argument --truncation: expected a number >= 0, got '-1'"),
     ],
 )
 def test_impossible_settings_are_one_line(workdir: Path, argv: list[str], needle: str) -> None:

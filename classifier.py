@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metrics import (EvalError, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng, reference_indices,
+from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng, reference_indices,
                      save_atomic, to_uint8, truncation_note)
 from progress import check_abort, track
 
@@ -435,13 +435,15 @@ class ClassifierEvaluator:
         pct = "{:>8.1%}".format
         num = "{:>8.3f}".format
 
+        w = 44 + len(t) - len(count_tag(m["samples"]))  # the label column, wider by a truncation suffix
+
         def row(label: str, overall: float, each: list[float], fmt: Callable[[float], str]) -> str:
-            return f"{label:<44}{fmt(overall)}  " + " ".join(fmt(v) for v in each)
+            return f"{label:<{w}}{fmt(overall)}  " + " ".join(fmt(v) for v in each)
 
         lines = [
-            f"{'source':<44}{result['source']}",
-            f"{'samples':<44}{m['samples']:,} (uniform labels{truncation_note(m, '; ')}); real scale: {real['images']:,} real training images",
-            f"{'':<44}{'all':>8}  " + " ".join(f"{n:>8}" for n in names),
+            f"{'source':<{w}}{result['source']}",
+            f"{'samples':<{w}}{m['samples']:,} (uniform labels{truncation_note(m, '; ')}); real scale: {real['images']:,} real training images",
+            f"{'':<{w}}{'all':>8}  " + " ".join(f"{n:>8}" for n in names),
             row(f"gan_test{t} (GAN-test: the lower of the two)", m["gan_test"], [min(a, b) for a, b in zip(m["cls_acc_per_class"], m["ind_acc_per_class"])], pct),
             row(f"cls_acc{t} (tuning classifier)", m["cls_acc"], m["cls_acc_per_class"], pct),
             row("  real training images", real["cls_acc"], real["cls_acc_per_class"], pct),
@@ -453,10 +455,10 @@ class ClassifierEvaluator:
             row("  real training images", real["ind_precision"], real["ind_precision_per_class"], pct),
             row(f"ind_recall{t} (k={PR_K}, vs test)", m["ind_recall"], m["ind_recall_per_class"], pct),
             row("  real training images", real["ind_recall"], real["ind_recall_per_class"], pct),
-            f"{f'gan_train_acc{t}':<44}{m['gan_train_acc']:>8.1%}  (the same recipe on 10,000 real images: {m['gan_train_real']:.1%})",
-            f"{f'fid_cls{t}':<44}{m['fid_cls']:>8.3f}  (tuning classifier's features vs {ref['n']:,} training images; "
+            f"{f'gan_train_acc{t}':<{w}}{m['gan_train_acc']:>8.1%}  (the same recipe on 10,000 real images: {m['gan_train_real']:.1%})",
+            f"{f'fid_cls{t}':<{w}}{m['fid_cls']:>8.3f}  (tuning classifier's features vs {ref['n']:,} training images; "
             f"not comparable with Inception FID)",
-            f"{'tuning classifier':<44}{c['path']}: {c['test_acc']:.1%} on {c['test_images']:,} real test images",
-            f"{'independent classifier':<44}{c['independent_path']}: {c['independent_test_acc']:.1%} on {c['test_images']:,} real test images",
+            f"{'tuning classifier':<{w}}{c['path']}: {c['test_acc']:.1%} on {c['test_images']:,} real test images",
+            f"{'independent classifier':<{w}}{c['independent_path']}: {c['independent_test_acc']:.1%} on {c['test_images']:,} real test images",
         ]
         return "\n".join(lines)

@@ -27,7 +27,7 @@ from torch import nn
 from checkpoints import CheckpointError, load_generator
 from data_loader import DatasetError, DataSpec, build_dataset, dataset_info, unwrap
 from metrics import EvalError
-from sagan_models import sample
+from sagan_models import sample, truncate_latents
 
 STATS = ("brightness", "area", "spread", "detail")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -66,13 +66,14 @@ def real_by_class(dataset: torch.utils.data.Dataset, num_classes: int, n: int) -
     return out
 
 
-def generated_by_class(G: nn.Module, n: int, seed: int = 0) -> dict[int, np.ndarray]:
-    """n samples of each class from G (eval mode), grey, in [0, 1]; the noise from its own seeded stream."""
+def generated_by_class(G: nn.Module, n: int, seed: int = 0, truncation: float = 0.0) -> dict[int, np.ndarray]:
+    """n samples of each class from G (eval mode), grey, in [0, 1]; the noise from its own seeded stream,
+    truncated to [-truncation, truncation] when that is > 0 (`truncate_latents`)."""
     gen = torch.Generator().manual_seed(seed)
     device = next(G.parameters()).device
     out = {}
     for c in range(G.cfg.num_classes):
-        z = torch.randn(n, G.cfg.z_dim, generator=gen).to(device)  # (n, z_dim)
+        z = truncate_latents(torch.randn(n, G.cfg.z_dim, generator=gen), truncation).to(device)  # (n, z_dim)
         out[c] = to_grey(sample(G, z, torch.full((n,), c, dtype=torch.long, device=device), batch_size=500).cpu())
     return out
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--image_path", default="data")
     p.add_argument("--data_dir", default=None)
+    p.add_argument("--truncation", type=float, default=None,
+                   help="draw z truncated to [-T, T] (default: the run's own --truncation; 0: untruncated)")
     a = p.parse_args(argv)
     try:
         if a.n < 1:
@@ -116,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             raise EvalError(f"{lg.path} draws {cfg.num_classes} classes, --dataset {a.dataset} has {num_classes}; "
                             "pass the dataset the run was trained on")
         real = real_by_class(dataset, num_classes, a.n)
-        fake = generated_by_class(lg.G, a.n, a.seed)
+        truncation = float(lg.flags.get("truncation") or 0.0) if a.truncation is None else a.truncation
+        fake = generated_by_class(lg.G, a.n, a.seed, truncation)
     except (CheckpointError, DatasetError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = list(dataset_info(a.dataset).class_names) or [str(c) for c in range(num_classes)]
-    print(f"{lg.path} (step {lg.step}, {'EMA' if lg.ema else 'raw'} G), {a.n} images per class, foreground > {FOREGROUND}")
+    z = f", z truncated to [-{truncation:g}, {truncation:g}]" if truncation else ""
+    print(f"{lg.path} (step {lg.step}, {'EMA' if lg.ema else 'raw'} G{z}), {a.n} images per class, foreground > {FOREGROUND}")
     print(table(real, fake, names))
     return 0
 

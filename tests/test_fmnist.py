@@ -211,29 +211,31 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
     assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class", "gan_test", "ind_acc",
                                      "ind_fd_per_class", "ind_recall_per_class", "real"} <= set(rec[-1])
     assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} == {"best_cls_acc.pt", "best_fid_cls.pt"}
+    assert rec[-1]["truncation"] == 1.5  # the preset samples z truncated to [-1.5, 1.5], and names its metrics so
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(workdir / "logs/fm"))
     ea.Reload()
-    assert {"metrics/cls_acc40", "metrics/gan_train_acc40", "metrics/fid_cls40", "metrics/gan_test40", "metrics/ind_fd40",
-            "metrics/ind_recall40"} <= set(ea.Tags()["scalars"])
-    assert main(["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
-                 "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu"]) == 0
-    assert list((workdir / "models/fm").glob("eval_best_cls_acc_40.json"))
+    assert {f"metrics/{k}40_trunc1.5" for k in ("cls_acc", "gan_train_acc", "fid_cls", "gan_test", "ind_fd", "ind_recall")} \
+        <= set(ea.Tags()["scalars"])
+    evaluate = ["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
+                "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu"]
+    assert main(evaluate) == 0
+    saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40_trunc1.5.json").read_text())
+    assert saved["metrics"]["truncation"] == 1.5
     out = capsys.readouterr().out
     assert "note: --preset fmnist_32 was tuned with the tuning classifier" in out
-    for text in ("gan_test40 (GAN-test: the lower of the two)", "ind_fd40", "ind_recall40", "real training images", "Ankle bo"):
+    for text in ("40 (uniform labels; z truncated to [-1.5, 1.5])", "gan_test40_trunc1.5 (GAN-test: the lower of the two)",
+                 "ind_fd40_trunc1.5", "ind_recall40_trunc1.5", "real training images", "Ankle bo"):
         assert text in out
     with Image.open(workdir / "samples/fm/2_vs_real.png") as fig:  # 10 class lines of 64 px under a 24 px header
         assert fig.height == 24 + 10 * 64 and fig.width == 110 + 16 * 64 + 32
-    # a truncated evaluation is another metric: its own names and JSON file beside the untruncated one
-    assert main(["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
-                 "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu",
-                 "--truncation", "1"]) == 0
+    # untruncated: another metric, with its own names and JSON file beside the truncated one
+    assert main([*evaluate, "--truncation", "0"]) == 0
     out = capsys.readouterr().out
-    assert "40 (uniform labels; z truncated to [-1, 1])" in out and "gan_test40_trunc1 (GAN-test" in out
-    saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40_trunc1.json").read_text())
-    assert saved["metrics"]["truncation"] == 1.0 and (workdir / "models/fm/eval_best_cls_acc_40.json").is_file()
+    assert "gan_test40 (GAN-test: the lower of the two)" in out and "z truncated" not in out
+    saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40.json").read_text())
+    assert saved["metrics"]["truncation"] == 0.0 and (workdir / "models/fm/eval_best_cls_acc_40_trunc1.5.json").is_file()
 
 
 def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path) -> None:

@@ -49,9 +49,13 @@ def test_command_on_a_tiny_run_and_its_errors(workdir: Path, capsys: pytest.Capt
     out = capsys.readouterr().out.splitlines()
     assert "4 images per class" in out[0] and [ln.split()[0] for ln in out[2:]] == [
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle", "all"]
+    assert "z truncated to [-1.5, 1.5]" in out[0]  # the run's own --truncation (the preset's) by default
+    assert stats_main(["models/fm", "--n", "4", "--data_dir", str(workdir / "fm"), "--truncation", "0"]) == 0
+    assert "truncated" not in capsys.readouterr().out.splitlines()[0]
     for argv, words in ((["models/none"], "no checkpoint in models/none"),
                         (["models/fm", "--data_dir", str(workdir / "nowhere")], "Fashion-MNIST not found"),
                         (["models/fm", "--n", "0"], "--n 0"),
+                        (["models/fm", "--truncation", "-1"], "truncation must be >= 0"),
                         (["models/fm", "--dataset", "shapes"], "pass the dataset the run was trained on")):
         assert stats_main(argv) == 2
         err = capsys.readouterr().err.strip()

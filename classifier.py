@@ -56,8 +56,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng, reference_indices,
-                     save_atomic, to_uint8, truncation_note)
+from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng,
+                     reference_indices, save_atomic, to_uint8, truncation_note)
 from progress import check_abort, track
 
 SEED = 0  # the tuning classifier's own seed, the same for every run it scores

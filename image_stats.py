@@ -27,7 +27,7 @@ from torch import nn
 from checkpoints import CheckpointError, load_generator
 from data_loader import DatasetError, DataSpec, build_dataset, dataset_info, unwrap
 from metrics import EvalError
-from sagan_models import sample, truncate_latents
+from sagan_models import draw_latents, sample
 
 STATS = ("brightness", "area", "spread", "detail")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -73,7 +73,7 @@ def generated_by_class(G: nn.Module, n: int, seed: int = 0, truncation: float = 
     device = next(G.parameters()).device
     out = {}
     for c in range(G.cfg.num_classes):
-        z = truncate_latents(torch.randn(n, G.cfg.z_dim, generator=gen), truncation).to(device)  # (n, z_dim)
+        z = draw_latents(n, G.cfg.z_dim, gen, truncation).to(device)  # (n, z_dim)
         out[c] = to_grey(sample(G, z, torch.full((n,), c, dtype=torch.long, device=device), batch_size=500).cpu())
     return out
 

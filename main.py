@@ -34,7 +34,7 @@ from distributed import LaunchError, resolve_device
 from durable import write_json, write_text
 from metrics import WEIGHTS_ENV, EvalError, Evaluator, cache_root, metric_tag, resolve_weights, write_samples
 from parameter import TUNED_WITH, data_spec, get_parameters, model_config, split_global_batch, train_options
-from sagan_models import Discriminator, Generator, count_params, standing_stats, truncate_latents
+from sagan_models import Discriminator, Generator, count_params, draw_latents, standing_stats
 from trainer import Preempted, StopRecorder, Trainer, cpu_bf16_units, seed_everything
 
 
@@ -170,8 +170,8 @@ def write_explorer(G: nn.Module, D: nn.Module, loaded: LoadedGenerator, path: Pa
     k, cfg = max(args.attn_samples, 1), loaded.config
     classes = parse_classes(args.classes, cfg.num_classes) if args.classes else visualize.class_rows(cfg.num_classes, 4)
     g = torch.Generator().manual_seed(args.seed + 2)
-    z = torch.randn(k * max(len(classes), 1) if cfg.num_classes else k, cfg.z_dim, generator=g)
-    z = truncate_latents(z, args.truncation).to(next(G.parameters()).device)
+    z = draw_latents(k * max(len(classes), 1) if cfg.num_classes else k, cfg.z_dim, g, args.truncation)
+    z = z.to(next(G.parameters()).device)
     y = torch.tensor(classes).repeat_interleave(k).to(z.device) if cfg.num_classes else None
     names = list(dataset_info(loaded.flags.get("dataset", "folder")).class_names)
     data = explorer.explorer_data(G, D, z, y, names)

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from durable import write_durably, write_text
 from progress import Progress, check_abort, duration, track
-from sagan_models import eval_mode, truncate_latents
+from sagan_models import draw_latents, eval_mode
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -172,9 +172,9 @@ def eval_latents(n: int, z_dim: int, num_classes: int, seed: int = EVAL_SEED,
     """The evaluation z (N(0, I), or truncated to [-t, t]: `truncate_latents`) and labels (uniform), from a
     private generator: the same on every call, and the same labels at every truncation."""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=g)
+    z = draw_latents(n, z_dim, g, truncation)
     y = torch.randint(0, num_classes, (n,), generator=g) if num_classes else None
-    return truncate_latents(z, truncation), y
+    return z, y
 
 
 @torch.no_grad()

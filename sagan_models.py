@@ -605,6 +605,12 @@ def truncate_latents(z: Tensor, truncation: float) -> Tensor:
     return torch.special.ndtri(u).clamp_(-truncation, truncation).to(z.dtype)
 
 
+def draw_latents(n: int, z_dim: int, generator: torch.Generator, truncation: float = 0.0) -> Tensor:
+    """n latents (n, z_dim) on the CPU from `generator`: N(0, I), or truncated by `truncate_latents`. The same
+    draws from the generator either way, so what it yields next (labels) does not depend on the truncation."""
+    return truncate_latents(torch.randn(n, z_dim, generator=generator), truncation)
+
+
 @torch.no_grad()
 def standing_stats(G: nn.Module, batches: int, batch_size: int = 64, seed: int = 0) -> nn.Module:
     """A copy of G whose batch-norm running statistics are recomputed ("standing statistics",
@@ -738,7 +744,7 @@ class Generator(nn.Module):
         to [-truncation, truncation] when that is > 0 (`truncate_latents`). `labels`: None (uniform over the
         classes, from the same seed, for a conditional G), one class for all, or one per image."""
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.cfg.z_dim, generator=g)
+        z = draw_latents(n, self.cfg.z_dim, g, truncation)
         y = None
         if self.cfg.num_classes:
             y = (torch.randint(0, self.cfg.num_classes, (n,), generator=g) if labels is None else
@@ -747,7 +753,7 @@ class Generator(nn.Module):
         elif labels is not None:
             raise ValueError("this generator is unconditional: pass labels=None")
         device = next(self.parameters()).device
-        img = sample(self, truncate_latents(z, truncation).to(device), y.to(device) if y is not None else None)
+        img = sample(self, z.to(device), y.to(device) if y is not None else None)
         low, high = value_range
         return (img + 1) * (high - low) / 2 + low
 

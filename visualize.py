@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from checkpoints import CheckpointError
 from durable import why_not_written, write_durably
 from metrics import to_uint8
-from sagan_models import ModelConfig, SelfAttention, eval_mode, sample, truncate_latents
+from sagan_models import ModelConfig, SelfAttention, draw_latents, eval_mode, sample, truncate_latents
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
 # Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
@@ -69,8 +69,8 @@ def fixed_noise(cfg: ModelConfig, seed: int, device: torch.device, truncation: f
     """(z, y) of the sample grids: 8 columns, one row per class in `class_rows` when conditional, else 8 rows;
     z truncated to [-truncation, truncation] when it is > 0 (`truncate_latents`)."""
     rows = class_rows(cfg.num_classes) if cfg.num_classes else None
-    z = torch.randn(8 * (len(rows) if rows else 8), cfg.z_dim, generator=torch.Generator().manual_seed(seed))
-    return truncate_latents(z, truncation).to(device), torch.tensor(rows).repeat_interleave(8).to(device) if rows else None
+    z = draw_latents(8 * (len(rows) if rows else 8), cfg.z_dim, torch.Generator().manual_seed(seed), truncation)
+    return z.to(device), torch.tensor(rows).repeat_interleave(8).to(device) if rows else None
 
 
 @torch.no_grad()
@@ -205,7 +205,7 @@ def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0
     if bad:
         raise ValueError(f"--classes {bad} outside 0..{cfg.num_classes - 1}")
     device = next(G.parameters()).device
-    z = truncate_latents(torch.randn(columns, cfg.z_dim, generator=torch.Generator().manual_seed(seed)), truncation).to(device)
+    z = draw_latents(columns, cfg.z_dim, torch.Generator().manual_seed(seed), truncation).to(device)
     zs = z.repeat(len(classes), 1)  # (R * C, z_dim)
     ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
     return sample(G, zs, ys)

@@ -26,7 +26,7 @@ import augment
 from data_loader import ALIASES, DATASETS, DataSpec
 from metrics import NAMED_CHECKPOINTS, WEIGHTS_NAME
 from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_BLOCKS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS, ModelConfig
-from trainer import TrainOptions
+from trainer import MS_SPACES, TrainOptions
 
 LOSSES = ("hinge", "wgan-gp", "ns")
 
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ms_weight", type=non_negative_float, default=0.0, metavar="W",
                    help="MSGAN's mode-seeking term for G (Mao et al. 2019): G's batch in pairs of one label and two z, and "
                         "W / (image distance / latent distance) added to G's loss (0: off; MSGAN's conditional runs: 1)")
+    t.add_argument("--ms_space", choices=MS_SPACES, default="image",
+                   help="where --ms_weight measures the distance between a pair's samples: image (MSGAN's pixels) or d "
+                        "(D's pooled features, each batch scaled to unit RMS; not in MSGAN)")
     t.add_argument("--ac_weight", type=non_negative_float, default=1.0, metavar="W",
                    help="with --d_ac: W x the cross-entropy of D's class head on real images joins D's loss, and on G's "
                         "fakes against their labels G's loss (StudioGAN's ACGAN weight: 1)")
@@ -486,6 +489,9 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_ac and "ac_weight" in given:
         p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
                 "drop --ac_weight")
+    if args.ms_space != "image" and not args.ms_weight:
+        p.error(f"--ms_space {args.ms_space} sets where --ms_weight's term measures distance, and --ms_weight is 0: "
+                f"add --ms_weight W (e.g. 1)")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:

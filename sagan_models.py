@@ -802,9 +802,9 @@ class Discriminator(nn.Module):
         init_weights(self, cfg.init)
 
     def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False,
-                return_cls: bool = False) -> Tensor | tuple[Tensor, ...]:
+                return_cls: bool = False, return_features: bool = False) -> Tensor | tuple[Tensor, ...]:
         """The logits (B,); return_cls (d_ac) appends the auxiliary class logits (B, num_classes), then
-        return_attn the attention maps."""
+        return_features the pooled features h (B, C), then return_attn the attention maps."""
         _check_labels(self.cfg.num_classes, y, x.shape[0])
         if return_cls and not self.cfg.d_ac:
             raise ValueError("return_cls needs the auxiliary classifier head: build D with d_ac")
@@ -818,7 +818,7 @@ class Discriminator(nn.Module):
             h = h.sum(dim=(2, 3))  # (B, C) for the projection
         if self.cfg.num_classes > 0:
             out = out + (self.embed(y) * h).sum(dim=1)
-        extra = ([self.ac(h)] if return_cls else []) + ([maps] if return_attn else [])  # (B, num_classes); maps
+        extra = ([self.ac(h)] if return_cls else []) + ([h] if return_features else []) + ([maps] if return_attn else [])
         return (out, *extra) if extra else out
 
 

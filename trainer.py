@@ -10,7 +10,9 @@ One iteration (= one "step", counted in generator updates as in the paper and th
 - `--ms_weight W` (off by default; not in the paper): MSGAN's mode-seeking term (Mao et al., CVPR 2019,
   Eq. 3, as their conditional code computes it). G's batch is drawn as two halves with the same labels
   and different z, and G's loss gains W / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), which falls as
-  two latents of one class draw more different images.
+  two latents of one class draw more different images. `--ms_space d` (not in MSGAN) measures the pair's
+  distance in D's pooled features (the h that feeds D's linear and projection terms), each batch's features
+  divided by their detached RMS so the ratio has the scale of an image's, instead of in pixels.
 - With D's auxiliary classifier head (`d_ac`; off by default, not in the paper): `--ac_weight W` times the
   cross-entropy of the head's class logits joins both losses, on real images for D and on fakes against
   their drawn labels for G (`ac_loss`). Deliberate deviation from ACGAN (Odena et al. 2017, Eq. 3), whose
@@ -114,6 +116,7 @@ class TrainOptions:
     flip: bool
     diffaug: str
     ms_weight: float
+    ms_space: str
     ac_weight: float
     amp: str
     channels_last: bool
@@ -174,13 +177,24 @@ def ac_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), y)
 
 
+MS_SPACES = ("image", "d")  # --ms_space: MSGAN's pixels, or D's pooled features
+
+
 def mode_seeking(fake: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
     """MSGAN's term (Mao et al. 2019, Eq. 3): the inverse of the image distance over the latent distance
-    between the first and second halves of a batch (pairs drawn with the same labels)."""
-    f1, f2 = fake.float().chunk(2)  # (B/2, C, H, W) each
+    between the first and second halves of a batch (pairs drawn with the same labels). `fake` may be images
+    (B, C, H, W) or any per-sample features (B, ...)."""
+    f1, f2 = fake.float().chunk(2)  # (B/2, ...) each
     z1, z2 = z.float().chunk(2)  # (B/2, Z) each
     ratio = (f1 - f2).abs().mean() / (z1 - z2).abs().mean()
     return 1.0 / (ratio + eps)
+
+
+def unit_rms(h: Tensor) -> Tensor:
+    """Features divided by their batch's RMS, detached (so only their directions and relative sizes carry
+    gradient): --ms_space d puts D's features on the scale of an image's pixels."""
+    h = h.float()
+    return h / h.detach().pow(2).mean().sqrt().clamp_min(1e-8)
 
 
 LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
@@ -682,11 +696,15 @@ class Trainer:
         """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
         return augment.diff_augment(x, self.diffaug).contiguous(memory_format=self.memory_format) if self.diffaug else x
 
-    def judge(self, d: nn.Module, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """D's logits in fp32 (B,) and, with its auxiliary classifier head (d_ac), its class logits (B, K); else None."""
-        out = d(x, y, return_cls=self.cfg.d_ac)
-        logit, cls = out if self.cfg.d_ac else (out, None)
-        return logit.float(), cls
+    def judge(self, d: nn.Module, x: Tensor, y: Tensor | None,
+              features: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """D's logits in fp32 (B,); with its auxiliary classifier head (d_ac), its class logits (B, K); with
+        `features`, its pooled features (B, C). Each is None when not asked for."""
+        out = d(x, y, return_cls=self.cfg.d_ac, return_features=features)
+        out = list(out) if isinstance(out, tuple) else [out]
+        logit = out.pop(0)
+        cls = out.pop(0) if self.cfg.d_ac else None
+        return logit.float(), cls, (out.pop(0) if features else None)
 
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One D update from --accum micro-batches of real images."""
@@ -710,7 +728,7 @@ class Trainer:
             fake = self.augment(fake)
             with ctx:
                 with self.autocast():
-                    d_real, cls_real = self.judge(self.w.d_train, x, y_real)
+                    d_real, cls_real, _ = self.judge(self.w.d_train, x, y_real)
                     d_fake = self.w.d_train(fake, y_fake).float()
                 loss = self.d_loss_fn(d_real, d_fake)
                 parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
@@ -735,14 +753,15 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    d_fake, cls_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake)
+                    in_d = bool(self.opts.ms_weight) and self.opts.ms_space == "d"
+                    d_fake, cls_fake, h_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake, features=in_d)
                 loss = self.g_loss_fn(d_fake)
                 parts = {"loss/g": loss}
                 if cls_fake is not None:
                     parts["loss/ac_g"] = ac_loss(cls_fake, y_fake)
                     loss = loss + self.opts.ac_weight * parts["loss/ac_g"]
                 if self.opts.ms_weight:
-                    parts["loss/ms"] = mode_seeking(fake, z)
+                    parts["loss/ms"] = mode_seeking(unit_rms(h_fake) if in_d else fake, z)
                     loss = loss + self.opts.ms_weight * parts["loss/ms"]
                 self.scaler.scale(loss / k).backward()
             for name, v in parts.items():

@@ -334,6 +334,7 @@ def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
         (["--imsize", "32", "--g_shared_dim", "8", "--g_hier", "true", "--z_dim", "18"], "z_dim 18 is not divisible by 4"),
         (["--batch_size", "64"], "--batch_size 64 is larger than the dataset (32 images)"),
         (["--ms_weight", "1", "--batch_size", "7"], "--ms_weight pairs G's batch in halves, so --batch_size must be even"),
+        (["--ms_space", "d"], "--ms_space d sets where --ms_weight's term measures distance, and --ms_weight is 0"),
         (["--num_classes", "0", "--d_ac", "true"], "d_ac classifies images into the dataset's classes; use it with a labelled"),
         (["--ac_weight", "0.5"], "--ac_weight weighs the class loss of D's auxiliary classifier head, which is off"),
         (["--truncation", "-1"], "argument --truncation: expected a number >= 0, got '-1'"),

@@ -492,7 +492,7 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "drop --ac_weight")
     if args.ms_space != "image" and not args.ms_weight:
         p.error(f"--ms_space {args.ms_space} sets where --ms_weight's term measures distance, and --ms_weight is 0: "
-                f"add --ms_weight W (e.g. 1)")
+                "add --ms_weight W (e.g. 1)")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:

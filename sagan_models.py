@@ -818,7 +818,8 @@ class Discriminator(nn.Module):
             h = h.sum(dim=(2, 3))  # (B, C) for the projection
         if self.cfg.num_classes > 0:
             out = out + (self.embed(y) * h).sum(dim=1)
-        extra = ([self.ac(h)] if return_cls else []) + ([h] if return_features else []) + ([maps] if return_attn else [])
+        extra = [self.ac(h)] if return_cls else []  # (B, num_classes)
+        extra += ([h] if return_features else []) + ([maps] if return_attn else [])  # (B, C); maps
         return (out, *extra) if extra else out
 
 

@@ -701,10 +701,9 @@ class Trainer:
         """D's logits in fp32 (B,); with its auxiliary classifier head (d_ac), its class logits (B, K); with
         `features`, its pooled features (B, C). Each is None when not asked for."""
         out = d(x, y, return_cls=self.cfg.d_ac, return_features=features)
-        out = list(out) if isinstance(out, tuple) else [out]
-        logit = out.pop(0)
-        cls = out.pop(0) if self.cfg.d_ac else None
-        return logit.float(), cls, (out.pop(0) if features else None)
+        logit, *rest = out if isinstance(out, tuple) else (out,)
+        cls = rest.pop(0) if self.cfg.d_ac else None
+        return logit.float(), cls, (rest.pop(0) if features else None)
 
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One D update from --accum micro-batches of real images."""
@@ -749,11 +748,11 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         k, out = self.opts.accum, {}
+        in_d = bool(self.opts.ms_weight) and self.opts.ms_space == "d"  # the term on D's features, not pixels
         for _, ctx in micro_batches(k, self.w.ddp_g):
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    in_d = bool(self.opts.ms_weight) and self.opts.ms_space == "d"
                     d_fake, cls_fake, h_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake, features=in_d)
                 loss = self.g_loss_fn(d_fake)
                 parts = {"loss/g": loss}

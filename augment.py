@@ -79,6 +79,20 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     return names
 
 
+def random_flip(x: Tensor, p: float = 0.5) -> Tensor:
+    """Mirror each image left-right with probability p (one draw per image)."""
+    return torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p, x.flip(3), x)
+
+
+def consistency_transform(x: Tensor, flip: bool) -> Tensor:
+    """The transform T of consistency regularization (CR-GAN: Zhang, Zhang, Odena and Lee, ICLR 2020; its
+    balanced form bCR: Zhao et al., AAAI 2021; StudioGAN src/utils/cr.py): a random mirror, then a shift by
+    up to 1/8 of the side (`translation`). Deliberate deviation: the mirror only when `flip` (the run mirrors
+    its real images, --flip), since D must not learn that a mirrored image is as real as the image where the
+    dataset is not mirror-symmetric (Fashion-MNIST's shoes all point one way)."""
+    return translation(random_flip(x) if flip else x)
+
+
 def diff_augment(x: Tensor, policy: tuple[str, ...]) -> Tensor:
     """Apply the policy's transforms in order (the identity for an empty policy)."""
     for name in policy:

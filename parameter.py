@@ -348,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ms_space", choices=MS_SPACES, default="image",
                    help="where --ms_weight measures the distance between a pair's samples: image (MSGAN's pixels) or d "
                         "(D's pooled features, each batch scaled to unit RMS; not in MSGAN)")
+    t.add_argument("--cr_weight", type=non_negative_float, default=0.0, metavar="W",
+                   help="consistency regularization (CR-GAN, Zhang et al. 2020): W x the mean squared change of D's output "
+                        "on real images shifted by up to 1/8 of the side (and mirrored with --flip) joins D's loss "
+                        "(0: off; CR-GAN and bCR: 10)")
+    t.add_argument("--cr_fake_weight", type=non_negative_float, default=0.0, metavar="W",
+                   help="bCR's term on fakes (Zhao et al. 2021): the same penalty on G's images (0: off; bCR: 10, "
+                        "with --cr_weight 10)")
     t.add_argument("--ac_weight", type=non_negative_float, default=1.0, metavar="W",
                    help="with --d_ac: W x the cross-entropy of D's class head on real images joins D's loss, and on G's "
                         "fakes against their labels G's loss (StudioGAN's ACGAN weight: 1)")

@@ -7,6 +7,13 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   (+ lambda_gp * gradient penalty for WGAN-GP, in the same step and the same optimizer update).
 - G update: one power iteration for G; loss = g_loss(D(G(z), y_fake)); D's parameters are frozen.
 - `--diffaug`: D sees every image, real or fake, in both updates through DiffAugment (augment.py).
+- `--cr_weight W`, `--cr_fake_weight W` (off by default; not in the paper): consistency regularization,
+  by two of SAGAN's authors (CR-GAN: Zhang, Zhang, Odena and Lee, ICLR 2020, Eq. 1; bCR: Zhao et al., AAAI
+  2021, Eq. 2-3). D's loss gains W times the mean squared change of D's logit when its input, a real image
+  (`--cr_weight`) or a detached fake (`--cr_fake_weight`), is shifted by up to 1/8 of the side
+  (augment.consistency_transform), with D's class logits too on real images where D has the head. CR-GAN
+  puts the penalty on D's output before the activation, as here. The papers also mirror the image; this
+  code mirrors only with `--flip` (see augment.py).
 - `--ms_weight W` (off by default; not in the paper): MSGAN's mode-seeking term (Mao et al., CVPR 2019,
   Eq. 3, as their conditional code computes it). G's batch is drawn as two halves with the same labels
   and different z, and G's loss gains W / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), which falls as
@@ -118,6 +125,8 @@ class TrainOptions:
     ms_weight: float
     ms_space: str
     ac_weight: float
+    cr_weight: float
+    cr_fake_weight: float
     amp: str
     channels_last: bool
     attn_backend: str
@@ -175,6 +184,12 @@ def g_nonsaturating(fake: Tensor) -> Tensor:
 def ac_loss(logits: Tensor, y: Tensor) -> Tensor:
     """The auxiliary classifier's cross-entropy (ACGAN's L_C for one side): logits (B, K), labels (B,)."""
     return F.cross_entropy(logits.float(), y)
+
+
+def consistency_loss(out: Tensor, out_t: Tensor) -> Tensor:
+    """Consistency regularization's penalty (CR-GAN, Eq. 1; bCR, Eq. 2-3): the mean squared change of D's
+    output when its input passes through the transform T (augment.consistency_transform)."""
+    return F.mse_loss(out_t.float(), out.float())
 
 
 MS_SPACES = ("image", "d")  # --ms_space: MSGAN's pixels, or D's pooled features
@@ -302,7 +317,8 @@ def log_line(step: int, total: int, logs: dict[str, Tensor], s_per_step: float, 
         for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
             writer.add_scalar(k, v, step)
     gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-    terms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in ("loss/ms", "loss/ac_d", "loss/ac_g") if k in vals)
+    extra = ("loss/ms", "loss/ac_d", "loss/ac_g", "loss/cr", "loss/cr_fake")
+    terms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in extra if k in vals)
     line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{terms} D(x) {vals['d/real']:.3f} "
             f"D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration((total - step) * s_per_step)}")
     return line, vals
@@ -720,7 +736,7 @@ class Trainer:
         for i, ctx in micro_batches(k, self.w.ddp_d):
             x, y = reals[i]
             if self.opts.flip:
-                x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+                x = augment.random_flip(x)
             x = self.augment(x).contiguous(memory_format=self.memory_format)
             y_real = y if self.cfg.num_classes else None
             fake, y_fake = self.fakes(x.shape[0])
@@ -734,6 +750,12 @@ class Trainer:
                 if cls_real is not None:
                     parts["loss/ac_d"] = ac_loss(cls_real, y_real)
                     loss = loss + self.opts.ac_weight * parts["loss/ac_d"]
+                if self.opts.cr_weight:
+                    parts["loss/cr"] = self.consistency(x, y_real, d_real, cls_real)
+                    loss = loss + self.opts.cr_weight * parts["loss/cr"]
+                if self.opts.cr_fake_weight:
+                    parts["loss/cr_fake"] = self.consistency(fake, y_fake, d_fake)
+                    loss = loss + self.opts.cr_fake_weight * parts["loss/cr_fake"]
                 if self.opts.adv_loss == "wgan-gp":
                     parts["loss/gp"] = gradient_penalty(self.w.d_penalty, x, fake.float(), y_real)  # in fp32, eager
                     loss = loss + self.opts.lambda_gp * parts["loss/gp"]
@@ -741,6 +763,16 @@ class Trainer:
             for name, v in parts.items():
                 out[name] = out.get(name, 0) + v.detach() / k
         return out
+
+    def consistency(self, x: Tensor, y: Tensor | None, logit: Tensor, cls: Tensor | None = None) -> Tensor:
+        """The consistency term for images x that D judged as `logit` (and, on real images with D's class head,
+        `cls`): D judges T(x) in the same training forward (gradient through both) and the outputs' squared
+        change is the penalty (consistency_loss; class logits added where given)."""
+        with self.autocast():
+            x_t = augment.consistency_transform(x, self.opts.flip).contiguous(memory_format=self.memory_format)
+            logit_t, cls_t, _ = self.judge(self.w.d_train, x_t, y)
+        penalty = consistency_loss(logit, logit_t)
+        return penalty if cls is None else penalty + consistency_loss(cls, cls_t)
 
     def g_step(self) -> dict[str, Tensor]:
         """One G update from --accum micro-batches of --batch_size fakes (D frozen), then the EMA update."""

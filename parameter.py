@@ -230,7 +230,8 @@ PRESETS: dict[str, dict] = {
     # (--g_shared_dim 128 --g_hier true) were no better, nor two of 12,000 steps, two with the tail from step 3,000,
     # two in bf16 ("bf16 on the CPU"), two with MSGAN's mode-seeking term (--ms_weight 1) or two with it and D's
     # auxiliary classifier (--d_ac true), sampled with or without truncation ("Truncated z"), nor the term in D's features
-    # (--ms_space d), alone or with the head ("MSGAN's term in D's features"): BENCHMARKS.md, "fmnist_32_long"
+    # (--ms_space d), alone or with the head ("MSGAN's term in D's features"), nor two with bCR's consistency terms for D
+    # (--cr_weight 10 --cr_fake_weight 10, "Consistency regularization for D"): BENCHMARKS.md, "fmnist_32_long"
     "fmnist_32_long": dict(_FMNIST, g_conv_dim=16, total_step=6000, lr_decay_step=4000, ema_start=4000, ema_decay=0.995,
                            eval_step=1000, model_save_step=1000, sample_step=1000),
     # The README's first command

@@ -11,9 +11,9 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   by two of SAGAN's authors (CR-GAN: Zhang, Zhang, Odena and Lee, ICLR 2020, Eq. 1; bCR: Zhao et al., AAAI
   2021, Eq. 2-3). D's loss gains W times the mean squared change of D's logit when its input, a real image
   (`--cr_weight`) or a detached fake (`--cr_fake_weight`), is shifted by up to 1/8 of the side
-  (augment.consistency_transform), with D's class logits too on real images where D has the head. CR-GAN
-  puts the penalty on D's output before the activation, as here. The papers also mirror the image; this
-  code mirrors only with `--flip` (see augment.py).
+  (augment.consistency_transform), with D's class logits too on real images where D has the head. The
+  penalty is on D's logits, as StudioGAN computes it. The papers also mirror the image; this code mirrors
+  only with `--flip` (see augment.py).
 - `--ms_weight W` (off by default; not in the paper): MSGAN's mode-seeking term (Mao et al., CVPR 2019,
   Eq. 3, as their conditional code computes it). G's batch is drawn as two halves with the same labels
   and different z, and G's loss gains W / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), which falls as

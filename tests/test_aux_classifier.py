@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import CheckpointError, check_same_model
-from parameter import get_parameters, model_config, train_options
 from sagan_models import Discriminator, ModelConfig
-from trainer import Trainer, ac_loss
-from test_train import TINY
+from trainer import ac_loss
+from test_train import tiny_trainer
 
 
 def _cfg(**kw: object) -> ModelConfig:
@@ -70,18 +69,13 @@ def test_head_learns_real_classes() -> None:
     assert acc > 0.9
 
 
-def _trainer(*flags: str) -> Trainer:
-    args = get_parameters(["--imsize", "32", "--num_classes", "4", *TINY, "--batch_size", "8", *flags])
-    return Trainer(train_options(args), model_config(args, 4))
-
-
 def _reals(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.rand(n, 3, 32, 32) * 2 - 1, torch.randint(0, 4, (n,)))]
 
 
 @pytest.mark.parametrize("weight,moves", [("0", False), ("1", True)])
 def test_the_term_alone_moves_d_and_g(weight: str, moves: bool) -> None:
-    t = _trainer("--d_ac", "true", "--ac_weight", weight)
+    t = tiny_trainer("--d_ac", "true", "--ac_weight", weight)
     t.d_loss_fn = lambda real, fake: (real.sum() + fake.sum()) * 0  # no adversarial gradient: only the class term moves D
     t.g_loss_fn = lambda fake: fake.sum() * 0
     d_before = {k: v.clone() for k, v in t.D.named_parameters()}
@@ -97,7 +91,7 @@ def test_the_term_alone_moves_d_and_g(weight: str, moves: bool) -> None:
 
 
 def test_g_term_scores_fakes_against_their_drawn_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    t = _trainer("--d_ac", "true")
+    t = tiny_trainer("--d_ac", "true")
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real_loss = ac_loss
 
@@ -115,7 +109,7 @@ def test_g_term_scores_fakes_against_their_drawn_labels(monkeypatch: pytest.Monk
 
 
 def test_without_the_head_no_term_is_logged() -> None:
-    t = _trainer()
+    t = tiny_trainer()
     assert "loss/ac_d" not in t.d_step(_reals()) and "loss/ac_g" not in t.g_step()
 
 

@@ -10,9 +10,8 @@ from torch import Tensor
 
 import augment
 import trainer as trainer_module
-from parameter import get_parameters, model_config, train_options
-from trainer import Trainer, consistency_loss
-from test_train import TINY
+from trainer import consistency_loss
+from test_train import tiny_trainer
 
 
 def test_random_flip_mirrors_with_its_probability() -> None:
@@ -49,11 +48,6 @@ def test_penalty_is_the_mean_squared_change() -> None:
     assert consistency_loss(a, a).item() == 0.0
 
 
-def _trainer(*flags: str) -> Trainer:
-    args = get_parameters(["--imsize", "32", "--num_classes", "4", *TINY, "--batch_size", "8", *flags])
-    return Trainer(train_options(args), model_config(args, 4))
-
-
 def _batch() -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(0)
     return [(torch.rand(8, 3, 32, 32, generator=g) * 2 - 1, torch.randint(0, 4, (8,), generator=g))]
@@ -65,7 +59,7 @@ def _batch() -> list[tuple[Tensor, Tensor]]:
     (("--cr_weight", "10", "--cr_fake_weight", "10"), {"loss/cr", "loss/cr_fake"}),
 ])
 def test_d_update_logs_the_terms_it_adds(flags: tuple[str, ...], terms: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    t = _trainer(*flags)
+    t = tiny_trainer(*flags)
     seen: list[Tensor] = []
     transform = augment.consistency_transform
     monkeypatch.setattr(augment, "consistency_transform", lambda x, flip: seen.append(x.detach().clone()) or transform(x, flip))
@@ -79,7 +73,7 @@ def test_d_update_logs_the_terms_it_adds(flags: tuple[str, ...], terms: set[str]
 
 
 def test_the_real_term_uses_the_class_logits_too_where_d_has_the_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    t = _trainer("--cr_weight", "10", "--d_ac", "true")
+    t = tiny_trainer("--cr_weight", "10", "--d_ac", "true")
     calls: list[tuple[int, ...]] = []
     monkeypatch.setattr(trainer_module, "consistency_loss",
                         lambda a, b: calls.append(tuple(a.shape)) or consistency_loss(a, b))
@@ -89,7 +83,7 @@ def test_the_real_term_uses_the_class_logits_too_where_d_has_the_head(monkeypatc
 
 def test_descending_the_term_makes_d_less_sensitive_to_the_shift(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    t = _trainer("--cr_weight", "1")
+    t = tiny_trainer("--cr_weight", "1")
     t.d_loss_fn = lambda d_real, d_fake: (d_real.sum() + d_fake.sum()) * 0  # only the consistency term moves D
     monkeypatch.setattr(augment, "consistency_transform", lambda x, flip: x.roll(3, 3))  # one fixed shift
     batch = _batch()

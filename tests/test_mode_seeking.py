@@ -9,9 +9,8 @@ import torch
 from torch import Tensor
 
 import trainer as trainer_module
-from parameter import get_parameters, model_config, train_options
 from trainer import Trainer, mode_seeking, unit_rms
-from test_train import TINY
+from test_train import tiny_trainer
 
 
 def test_value_is_latent_distance_over_image_distance() -> None:
@@ -35,9 +34,7 @@ def test_descending_it_pulls_the_pair_apart() -> None:
 
 
 def _trainer(ms_weight: str, space: str = "image") -> Trainer:
-    args = get_parameters(["--imsize", "32", "--num_classes", "4", *TINY, "--batch_size", "8", "--ms_weight", ms_weight,
-                           "--ms_space", space])
-    return Trainer(train_options(args), model_config(args, 4))
+    return tiny_trainer("--ms_weight", ms_weight, "--ms_space", space)
 
 
 def test_g_update_draws_pairs_with_one_label_and_two_latents(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,12 +17,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import fakedata
 import visualize
 from main import main
+from parameter import get_parameters, model_config, train_options
+from trainer import Trainer
 from test_parameter import SEED_LINES
 
 ROOT = Path(__file__).resolve().parent.parent
 # Appended to each seed line: a tiny model and a few steps (later flags override earlier ones).
 TINY = shlex.split("--g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --batch_size 4 --num_workers 0 --total_step 2 "
                    "--log_step 1 --sample_step 1 --model_save_step 2")
+
+
+def tiny_trainer(*flags: str) -> Trainer:
+    """A Trainer of the TINY model at 32 px, 4 classes, batch 8 and no data loader, for tests that drive its updates."""
+    args = get_parameters(["--imsize", "32", "--num_classes", "4", *TINY, "--batch_size", "8", *flags])
+    return Trainer(train_options(args), model_config(args, 4))
 
 
 def _scalars(logdir: Path) -> set[str]:
@@ -100,9 +108,6 @@ def test_sample_from_checkpoint(workdir: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_fixed_grid_drawn_in_eval_mode_then_back_to_train(workdir: Path) -> None:
-    from parameter import get_parameters, model_config, train_options
-    from trainer import Trainer
-
     args = get_parameters(["--imsize", "32", *TINY])
     trainer = Trainer(train_options(args), model_config(args, 4))
     modes = []
@@ -142,8 +147,6 @@ def test_cli_errors_are_one_line(workdir: Path, argv: list[str], needle: str) ->
 def test_short_shapes_run_learns(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """Losses leave their initial values and the samples move from noise towards the data's colour statistics."""
     from data_loader import Shapes
-    from parameter import get_parameters
-    from trainer import Trainer
 
     argv = ["--dataset", "shapes", "--imsize", "32", "--max_images", "512", "--g_conv_dim", "8", "--d_conv_dim", "16",
             "--batch_size", "16", "--num_workers", "0", "--total_step", "150", "--log_step", "10", "--sample_step", "150",
@@ -157,8 +160,6 @@ def test_short_shapes_run_learns(workdir: Path, capsys: pytest.CaptureFixture) -
 
     def samples(step: str | None) -> torch.Tensor:
         args = get_parameters(argv + (["--pretrained_model", step] if step else []))
-        from parameter import model_config, train_options
-
         t = Trainer(train_options(args), model_config(args, 4))
         if step:
             t.load(step, restore_training=False)

@@ -391,6 +391,8 @@ def generator_from(path: Path, ckpt: dict, device: str | torch.device = "cpu") -
 
 def discriminator_from(path: Path, ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
     """D of a loaded checkpoint dict, in eval mode, without gradients."""
+    if not ckpt.get("D"):
+        raise CheckpointError(f"{path} holds no discriminator weights; this needs D, so use the run's own checkpoint")
     D = Discriminator(ModelConfig.from_dict(ckpt["model_config"]).resolved())
     load_part(path, "D", D, ckpt["D"])
     return D.to(device).eval().requires_grad_(False)

@@ -49,7 +49,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng,
                      reference_indices, save_atomic, to_uint8, truncation_note)
 from progress import check_abort, track
+
+if TYPE_CHECKING:
+    from drs import RejectionSampler
 
 SEED = 0  # the tuning classifier's own seed, the same for every run it scores
 VERSION = 2  # bump when the tuning architecture or recipe changes: old caches are then never reused
@@ -255,6 +258,7 @@ class ClassifierEvaluator:
             raise EvalError(f"the classifier metric needs a labelled dataset; {dataset_name} has no labels")
         self.num_classes, self.device, self.batch_size, self.seed = num_classes, device, batch_size, seed
         self.truncation = truncation  # > 0: the samples' z from the truncated normal (sagan_models.truncate_latents)
+        self.drs: RejectionSampler | None = None  # set by main.py for --drs: score the samples DRS keeps
         self.name, self.imsize, self.dataset = dataset_name, imsize, dataset
         self.class_names = list(getattr(dataset, "class_names", None) or getattr(getattr(dataset, "dataset", None), "class_names", None)
                                 or [str(c) for c in range(num_classes)])
@@ -394,6 +398,8 @@ class ClassifierEvaluator:
             "real": self.real_figures(n),
         }
         m["gan_test"] = min(m["cls_acc"], m["ind_acc"])
+        if self.drs is not None:
+            m.update(self.drs.summary())
         return {"source": source, "metrics": m,
                 "reference": {"dataset": self.name, "split": "train", "imsize": self.imsize, "n": self.meta["n_ref"],
                               "fingerprint": self.meta["train"][:16], "cache": str(self.path), "cache_hit": self.cache_hit},
@@ -405,7 +411,7 @@ class ClassifierEvaluator:
 
     def samples(self, G: nn.Module, n: int) -> tuple[Tensor, Tensor]:
         """n uint8 samples of G (eval mode, the evaluation seed) and their requested labels."""
-        xs, ys = zip(*generate(G, n, self.batch_size, next(G.parameters()).device, truncation=self.truncation))
+        xs, ys = zip(*generate(G, n, self.batch_size, next(G.parameters()).device, truncation=self.truncation, drs=self.drs))
         return torch.cat(xs), torch.cat(ys)
 
     def class_accuracy(self, G: nn.Module, n: int) -> float:
@@ -435,7 +441,7 @@ class ClassifierEvaluator:
         pct = "{:>8.1%}".format
         num = "{:>8.3f}".format
 
-        w = 44 + len(t) - len(count_tag(m["samples"]))  # the label column, wider by a truncation suffix
+        w = 44 + len(t) - len(count_tag(m["samples"]))  # the label column, wider by a truncation or DRS suffix
 
         def row(label: str, overall: float, each: list[float], fmt: Callable[[float], str]) -> str:
             return f"{label:<{w}}{fmt(overall)}  " + " ".join(fmt(v) for v in each)

@@ -123,7 +123,7 @@ def sample(args: Namespace) -> int:
     device = resolve_device(args.device)
     path, ckpt = open_weights(run["models"], args.pretrained_model or "latest")  # read once, for G and (explorer) D
     loaded = generator_from(path, ckpt, device)
-    D = discriminator_from(path, ckpt, device) if args.attn_html else None
+    D = discriminator_from(path, ckpt, device) if args.attn_html or args.drs else None
     del ckpt
     G, step = loaded.G, loaded.step
     for k in TRAINING_DATA_FLAGS:
@@ -133,18 +133,22 @@ def sample(args: Namespace) -> int:
     seed_everything(args.seed)
     if args.standing_stats:
         G = standing_stats(G, args.standing_stats, args.eval_batch_size, seed=args.seed)
+    sampler = rejection_sampler(G, D, evaluator, args) if args.drs else None
+    if evaluator is not None:
+        evaluator.drs = sampler
     z, y = visualize.fixed_noise(loaded.config, args.seed + 1, device, args.truncation)
     out = run["samples"] / f"{step}_sample.png"
     visualize.write_sample_grid(G, z, y, out)
     origin = f", converted from {loaded.source['format']}" if loaded.source else ""
     print(f"loaded {path} (step {step}{origin}; sampling {'the EMA generator' if loaded.ema else 'G'}); wrote {out}")
     written = visualize.attention_snapshot(G, z, y, args.attn_samples, args.attn_points, run["attn"], str(step))
-    if D is not None:
+    if args.attn_html:
         written.append(write_explorer(G, D, loaded, run["attn"] / f"{step}_explorer.html", args))
     for p in written + look_inside(G, step, run["samples"], args):
         print(f"wrote {p}")
     if args.sample_dir:
-        written = write_samples(G, Path(args.sample_dir), args.sample_num, args.eval_batch_size, truncation=args.truncation)
+        written = write_samples(G, Path(args.sample_dir), args.sample_num, args.eval_batch_size, truncation=args.truncation,
+                                drs=sampler)
         print(f"wrote {len(written)} samples to {args.sample_dir}")
     if evaluator is not None:
         result = evaluator(G, args.eval_samples, source=f"{path} (step {step})")
@@ -157,9 +161,24 @@ def sample(args: Namespace) -> int:
         if isinstance(evaluator, ClassifierEvaluator):  # labelled data at hand: each class's samples beside real images
             figure = run["samples"] / f"{step}_vs_real.png"
             classes = parse_classes(args.classes, loaded.config.num_classes)
-            visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed, truncation=args.truncation).save(figure)
+            fake = visualize.class_grid(G, classes, seed=args.seed, truncation=args.truncation, drs=sampler)
+            visualize.versus_real(G, evaluator.dataset, classes, seed=args.seed, fake=fake).save(figure)
             print(f"wrote {figure}")
     return 0
+
+
+def rejection_sampler(G: nn.Module, D: nn.Module, evaluator: "Evaluator | ClassifierEvaluator | None",
+                      args: Namespace) -> "drs.RejectionSampler":
+    """`--drs Q`: DRS (drs.py) for G with its own D, calibrated on real training images (the evaluator's, or read
+    here when nothing is evaluated). Prints the calibration."""
+    import drs
+
+    dataset = evaluator.dataset if evaluator is not None else build_dataset(data_spec(args))[0]
+    sampler = drs.RejectionSampler(G, D, *drs.real_images(dataset, G.cfg.num_classes), args.drs, args.eval_batch_size,
+                                   args.truncation)
+    print(f"DRS at the {args.drs:g}th percentile: D's logit calibrated on {sampler.calibration:,} real training images and "
+          f"as many samples (mean {sampler.real_mean:.3f} and {sampler.fake_mean:.3f}; Platt scale {sampler.scale:.3f})")
+    return sampler
 
 
 def write_explorer(G: nn.Module, D: nn.Module, loaded: LoadedGenerator, path: Path, args: Namespace) -> Path:
@@ -268,6 +287,9 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
         if device.type == "cpu" and args.amp == "bf16" and not cpu_bf16_units():
             say("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so --amp bf16 is emulated and slower "
                 "than --amp off here (BENCHMARKS.md, \"bf16 on the CPU\")", flush=True)
+        if args.drs:
+            say(f"note: --drs {args.drs:g} rejection-samples from a checkpoint (--train false); this run's own evaluations "
+                f"score G alone", flush=True)
         trainer.train()
         say(f"done: step {trainer.step}; samples in {trainer.run['samples']}, checkpoints in {trainer.run['models']}", flush=True)
     finally:

@@ -43,7 +43,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from durable import write_durably, write_text
 from progress import Progress, check_abort, duration, track
 from sagan_models import draw_latents, eval_mode
+
+if TYPE_CHECKING:
+    from drs import RejectionSampler
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -179,8 +182,13 @@ def eval_latents(n: int, z_dim: int, num_classes: int, seed: int = EVAL_SEED,
 
 @torch.no_grad()
 def generate(G: nn.Module, n: int, batch_size: int, device: torch.device, seed: int = EVAL_SEED,
-             truncation: float = 0.0) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Yield (uint8 images, labels) batches from G in eval mode; G's previous mode is restored afterwards."""
+             truncation: float = 0.0, drs: RejectionSampler | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield (uint8 images, labels) batches from G in eval mode; G's previous mode is restored afterwards.
+    With `drs` (a drs.RejectionSampler of this G, built with the same truncation), the samples that
+    discriminator rejection sampling keeps, with the same labels."""
+    if drs is not None:
+        yield from drs.generate(n, seed)
+        return
     cfg = G.cfg
     z, y = eval_latents(n, cfg.z_dim, cfg.num_classes, seed, truncation)
     with eval_mode(G):
@@ -216,9 +224,9 @@ def features_of(net: Inception, batches: Iterable[Tensor], what: str = "Inceptio
 
 
 def generator_features(G: nn.Module, net: Inception, n: int, batch_size: int = 64, seed: int = EVAL_SEED,
-                       truncation: float = 0.0) -> Features:
+                       truncation: float = 0.0, drs: RejectionSampler | None = None) -> Features:
     device = next(G.parameters()).device
-    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed, truncation)),
+    return features_of(net, (imgs for imgs, _ in generate(G, n, batch_size, device, seed, truncation, drs)),
                        f"evaluation: Inception features of {n:,} samples", n, "--eval_samples N")
 
 
@@ -254,13 +262,13 @@ def folder_features(folder: Path, imsize: int, net: Inception, batch_size: int =
 
 
 def write_samples(G: nn.Module, folder: Path, n: int, batch_size: int = 64, seed: int = EVAL_SEED,
-                  truncation: float = 0.0) -> list[Path]:
+                  truncation: float = 0.0, drs: RejectionSampler | None = None) -> list[Path]:
     """Write n generated PNGs, `<index>.png` or `<index>_c<label>.png`, for outside tools."""
     folder.mkdir(parents=True, exist_ok=True)
     device = next(G.parameters()).device
     paths, k = [], 0
     with Progress(f"writing {n:,} samples to {folder}", n, "images") as p:
-        for imgs, ys in generate(G, n, batch_size, device, seed, truncation):
+        for imgs, ys in generate(G, n, batch_size, device, seed, truncation, drs):
             for j, img in enumerate(imgs):
                 name = f"{k:06d}_c{int(ys[j])}.png" if ys is not None else f"{k:06d}.png"
                 Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
@@ -348,10 +356,11 @@ def count_tag(n: int) -> str:
 
 
 def metric_tag(m: dict) -> str:
-    """The suffix of a result's metric names: the sample count, then the truncation when z was truncated
-    (fid10k, cls_acc2k_trunc1.5): a truncated evaluation is another metric."""
-    t = m.get("truncation") or 0.0
-    return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "")
+    """The suffix of a result's metric names: the sample count, then the truncation when z was truncated,
+    then DRS's percentile when the samples were rejection-sampled (fid10k, cls_acc2k_trunc1.5, fid10k_drs80):
+    a truncated or rejection-sampled evaluation is another metric."""
+    t, q = m.get("truncation") or 0.0, m.get("drs") or 0.0
+    return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "") + (f"_drs{q:g}" if q else "")
 
 
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -398,9 +407,12 @@ def tensorboard_scalars(m: dict) -> dict[str, float]:
 
 
 def truncation_note(m: dict, sep: str) -> str:
-    """The samples line's note on their z, after `sep`: nothing for N(0, I), the interval of a truncated normal."""
-    t = m.get("truncation") or 0.0
-    return f"{sep}z truncated to [-{t:g}, {t:g}]" if t else ""
+    """The samples line's note on how they were drawn, each part after `sep`: nothing for N(0, I) and every
+    sample kept, the interval of a truncated normal, DRS's percentile and the share of candidates it kept."""
+    t, q = m.get("truncation") or 0.0, m.get("drs") or 0.0
+    return ((f"{sep}z truncated to [-{t:g}, {t:g}]" if t else "")
+            + (f"{sep}kept by DRS at the {q:g}th percentile: {m['drs_acceptance']:.1%} of {m['drs_candidates']:,} candidates"
+               if q else ""))
 
 
 def format_table(result: dict) -> str:
@@ -441,6 +453,8 @@ class Evaluator:
                  cache_dir: Path, n_ref: int, batch_size: int = 64, num_workers: int = 0, truncation: float = 0.0) -> None:
         self.net = Inception(weights, device)
         self.batch_size, self.truncation = batch_size, truncation
+        self.drs: RejectionSampler | None = None  # set by main.py for --drs: score the samples DRS keeps
+        self.dataset = dataset
         self.ref = reference_stats(dataset, dataset_name, imsize, self.net, cache_dir, n_ref, batch_size, num_workers)
         self.imsize = imsize
 
@@ -457,8 +471,11 @@ class Evaluator:
         }
 
     def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
-        return self._result(source, generator_features(G, self.net, n, self.batch_size, truncation=self.truncation),
-                            self.truncation)
+        fake = generator_features(G, self.net, n, self.batch_size, truncation=self.truncation, drs=self.drs)
+        result = self._result(source, fake, self.truncation)
+        if self.drs is not None:
+            result["metrics"].update(self.drs.summary())
+        return result
 
     def folder(self, folder: Path) -> dict:
         return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))

@@ -156,6 +156,14 @@ def non_negative_float(v: str) -> float:
     return f
 
 
+def percentile(v: str) -> float:
+    """A percentile strictly between 0 and 100, or 0 (off)."""
+    f = _float_or_nan(v)
+    if not (f == 0.0 or 0.0 < f < 100.0):  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100), or 0 for off, got {v!r}")
+    return f
+
+
 def positive_step(v: str) -> int:
     """Step counts; accepts the old port's floats such as 1.0."""
     try:
@@ -377,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample grids, evaluations and --sample_dir draw each coordinate of z from N(0, 1) truncated to "
                         "[-T, T] (BigGAN's truncation trick: fewer, more typical samples; training's z is never truncated; "
                         "metrics named e.g. fid10k_trunc1.5; 0: off)")
+    s.add_argument("--drs", type=percentile, default=0.0, metavar="Q",
+                   help="with --train false: keep each sample of G with the probability D's logit gives it (discriminator "
+                        "rejection sampling, drs.py), gamma at the Q-th percentile of F in each batch of candidates; the "
+                        "evaluation, --sample_dir and the figures use the kept samples (metrics named e.g. fid10k_drs80; "
+                        "training's own evaluations score G alone; 0: off)")
 
     f = p.add_argument_group("speed")
     f.add_argument("--attn_backend", type=str, default="sdpa", choices=ATTN_BACKENDS,
@@ -503,6 +516,9 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "add --ms_weight W (e.g. 1)")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
+    if args.drs and args.eval_dir:
+        p.error(f"--drs {args.drs:g} keeps or rejects a checkpoint's samples by its D; a folder of images (--eval_dir) has no D: "
+                f"drop one of the two")
     if args.eval_samples is not None and args.eval_samples < MIN_EVAL_SAMPLES:
         p.error(f"argument --eval_samples: expected a number >= {MIN_EVAL_SAMPLES} (IS uses 10 splits, and the classifier metric "
                 f"needs 10 samples), got {args.eval_samples}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from checkpoints import CheckpointError
 from durable import why_not_written, write_durably
 from metrics import to_uint8
 from sagan_models import ModelConfig, SelfAttention, draw_latents, eval_mode, sample, truncate_latents
+
+if TYPE_CHECKING:
+    from drs import RejectionSampler
 
 PANEL = 128  # figure panels are drawn at this size (pixels) whatever the image size
 # Anchor colours of the heat map (black -> purple -> orange -> yellow), interpolated linearly.
@@ -196,8 +200,10 @@ def attention_figures(G: nn.Module, z: Tensor, y: Tensor | None, points: list[tu
 
 
 @torch.no_grad()
-def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0, truncation: float = 0.0) -> Tensor:
-    """(len(classes) * columns, 3, H, W): row r is class classes[r], column c uses the same z in every row."""
+def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0, truncation: float = 0.0,
+               drs: RejectionSampler | None = None) -> Tensor:
+    """(len(classes) * columns, 3, H, W): row r is class classes[r], column c uses the same z in every row;
+    with `drs` (drs.RejectionSampler), each cell is a kept sample of its row's class, from its own z."""
     cfg = G.cfg
     if not cfg.num_classes:
         raise ValueError("class grids need a class-conditional model (--num_classes > 0)")
@@ -205,9 +211,11 @@ def class_grid(G: nn.Module, classes: list[int], columns: int = 8, seed: int = 0
     if bad:
         raise ValueError(f"--classes {bad} outside 0..{cfg.num_classes - 1}")
     device = next(G.parameters()).device
+    ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
+    if drs is not None:
+        return drs.images(ys.cpu()).to(device)
     z = draw_latents(columns, cfg.z_dim, torch.Generator().manual_seed(seed), truncation).to(device)
     zs = z.repeat(len(classes), 1)  # (R * C, z_dim)
-    ys = torch.tensor(classes, device=device).repeat_interleave(columns)  # (R * C,)
     return sample(G, zs, ys)
 
 
@@ -333,12 +341,13 @@ def stack(images: list[Image.Image], title: str = "") -> Image.Image:
 
 
 def versus_real(G: nn.Module, dataset: Dataset, classes: list[int], columns: int = 8, seed: int = 0, scale: int = 2,
-                truncation: float = 0.0) -> Image.Image:
-    """One line per class: its name, `columns` samples of G (eval mode, z from `seed`), a gap, and up to
-    `columns` real training images of the class (chosen with `seed`), each image enlarged `scale` times."""
+                truncation: float = 0.0, fake: Tensor | None = None) -> Image.Image:
+    """One line per class: its name, `columns` samples of G (eval mode, z from `seed`; or the rows of `fake`,
+    a `class_grid`), a gap, and up to `columns` real training images of the class (chosen with `seed`), each
+    image enlarged `scale` times."""
     labels = torch.as_tensor(dataset.labels) if hasattr(dataset, "labels") else torch.tensor([dataset[i][1] for i in range(len(dataset))])
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(G.cfg.num_classes)]
-    fake = class_grid(G, classes, columns, seed, truncation).float().cpu()  # (R * C, 3, S, S)
+    fake = (class_grid(G, classes, columns, seed, truncation) if fake is None else fake).float().cpu()  # (R * C, 3, S, S)
     g = torch.Generator().manual_seed(seed)
     s = fake.shape[-1] * scale
     label_w, gap, head = 110, s // 2, 24

@@ -228,7 +228,8 @@ PRESETS: dict[str, dict] = {
     # auxiliary classifier in D alone (--d_ac true at --ac_weight 1 and 0.1: "An auxiliary classifier in D"). That head
     # with MSGAN's mode-seeking term (--d_ac true --ms_weight 1), its samples drawn from z truncated to [-1.5, 1.5]
     # (--truncation 1.5), was ahead of the plain recipe on both seeds, where no truncation and 2.0 were not
-    # (BENCHMARKS.md, "Truncated z").
+    # (BENCHMARKS.md, "Truncated z"). D's rejection sampling on top (--drs 80 or 95) did not pass on every seed
+    # ("Discriminator rejection sampling (DRS)").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, d_ac=True, ms_weight=1.0, truncation=1.5),
     # fmnist_32's recipe without its class head, mode-seeking term and truncation, with a wider G (16) for 6,000 steps,
@@ -239,7 +240,8 @@ PRESETS: dict[str, dict] = {
     # two in bf16 ("bf16 on the CPU"), two with MSGAN's mode-seeking term (--ms_weight 1) or two with it and D's
     # auxiliary classifier (--d_ac true), sampled with or without truncation ("Truncated z"), nor the term in D's features
     # (--ms_space d), alone or with the head ("MSGAN's term in D's features"), nor two with bCR's consistency terms for D
-    # (--cr_weight 10 --cr_fake_weight 10, "Consistency regularization for D"): BENCHMARKS.md, "fmnist_32_long"
+    # (--cr_weight 10 --cr_fake_weight 10, "Consistency regularization for D"), nor sampling with D's rejection
+    # sampling (--drs 80 or 95, "Discriminator rejection sampling (DRS)"): BENCHMARKS.md, "fmnist_32_long"
     "fmnist_32_long": dict(_FMNIST, g_conv_dim=16, total_step=6000, lr_decay_step=4000, ema_start=4000, ema_decay=0.995,
                            eval_step=1000, model_save_step=1000, sample_step=1000),
     # The README's first command

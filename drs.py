@@ -2,22 +2,23 @@
 sampling-time correction that two of SAGAN's authors built on a trained SAGAN: G's samples are kept with a
 probability that D's logit sets, so that the kept ones are nearer the data than G's own distribution.
 
-The paper's Algorithm 1, per candidate x of G:
+The paper's rule, per candidate x of G:
 - D~(x) is D's logit read as the log density ratio log p_data(x) / p_G(x);
 - D~*, its largest value, is estimated on burn-in samples and raised whenever a candidate exceeds it;
-- F(x) = D~(x) - D~* - log(1 - exp(D~(x) - D~* - eps)) - gamma, eps = 1e-6 (section 3.2, eq. 8);
+- F(x) = D~(x) - D~* - log(1 - exp(D~(x) - D~* - eps)) - gamma, eps a small constant for numerical
+  stability (1e-6 here) and gamma a shift that sets how many are kept;
 - x is kept with probability sigmoid(F(x)).
 
-Deliberate deviations, each stated where it acts:
-- Calibration. The paper keeps training D with the logistic loss on held-out data so that its logit estimates
-  the log density ratio. Here D's weights are never changed: a hinge-trained D's logit is put on that scale by
-  Platt scaling (`platt`: a * logit + b fitted with the logistic loss, real training images against G's
-  samples). Only a matters: b moves D~ and D~* alike, and F depends on their difference.
-- gamma is set for each candidate batch at the `percentile`-th percentile of F without it, so that a candidate
-  at that percentile is kept with probability 1/2 (the paper sets gamma per batch from a percentile of F).
+Choices of this code, each stated where it acts:
+- Calibration. The rule needs D's logit on the scale of the log density ratio, which a hinge-trained logit is
+  not. The paper adjusts D itself; here D's weights are never changed: the logit is put on that scale by Platt
+  scaling (`platt`: a * logit + b fitted with the logistic loss, real training images against G's samples).
+  Only a matters: b moves D~ and D~* alike, and F depends on their difference.
+- gamma is set for each batch of candidates at the `percentile`-th percentile of F without it, so that a
+  candidate at that percentile is kept with probability 1/2; 80 and 95 are the values found in public DRS code.
 - Labels. A class-conditional D scores (x, y). Each requested label is filled by candidates of that label,
-  so the kept samples carry exactly the labels (and class proportions) asked for, and a sample grid keeps its
-  rows; the paper's ImageNet runs are conditional too but do not say how labels were handled.
+  so the kept samples carry exactly the labels (and class proportions) asked for, and a class grid keeps its
+  rows.
 - D scores the images as they are scored and saved: quantised to uint8, then back to [-1, 1].
 - With an EMA generator, D was trained against the raw G, not against the G it now judges; the calibration is
   fitted on the EMA G's own samples.
@@ -38,7 +39,7 @@ from metrics import EvalError, eval_latents, reference_indices, to_uint8
 from progress import Progress, check_abort
 from sagan_models import draw_latents, eval_mode
 
-EPS = 1e-6  # the paper's epsilon in F
+EPS = 1e-6  # epsilon in F (numerical stability)
 CALIBRATION_SAMPLES = 10_000  # real images, and as many samples of G, for the Platt fit and the burn-in maximum
 MAX_CANDIDATES_PER_SAMPLE = 1000  # a rejection rate beyond this is a broken D, not a choice: stop with an error
 SEED = 4242  # the candidates' private stream (the evaluation z of metrics.EVAL_SEED is not reused)

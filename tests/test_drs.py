@@ -13,21 +13,24 @@ from PIL import Image
 from torch import Tensor, nn
 
 import drs
-from metrics import EvalError, eval_latents, metric_tag, to_uint8
+from data_loader import Shapes
+from metrics import EvalError, Evaluator, eval_latents, metric_tag, to_uint8
 from parameter import get_parameters
 from test_fmnist import fake_fmnist, tiny_run_flags
+from test_metrics import weights  # noqa: F401 - the session's random-weight Inception file, a fixture
 
 
 class BrightnessG(nn.Module):
     """A toy G: every pixel of a sample is tanh(z[0] / 2), so a sample's brightness is its first coordinate."""
 
-    def __init__(self, num_classes: int = 3) -> None:
+    def __init__(self, num_classes: int = 3, imsize: int = 8) -> None:
         super().__init__()
-        self.cfg = SimpleNamespace(z_dim=4, num_classes=num_classes, imsize=8)
+        self.cfg = SimpleNamespace(z_dim=4, num_classes=num_classes, imsize=imsize)
         self.anchor = nn.Parameter(torch.zeros(1))  # a device to read
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return torch.tanh(z[:, :1] / 2).view(-1, 1, 1, 1).expand(-1, 3, 8, 8) + 0 * self.anchor
+        s = self.cfg.imsize
+        return torch.tanh(z[:, :1] / 2).view(-1, 1, 1, 1).expand(-1, 3, s, s) + 0 * self.anchor
 
 
 class BrightnessD(nn.Module):
@@ -43,10 +46,10 @@ class BrightnessD(nn.Module):
         return self.slope * x.mean(dim=(1, 2, 3))
 
 
-def real_bright(n: int = 600) -> tuple[Tensor, Tensor]:
+def real_bright(n: int = 600, imsize: int = 8) -> tuple[Tensor, Tensor]:
     """Real images brighter than G's: brightness tanh(u / 2) with u ~ N(1.5, 1)."""
     u = torch.randn(n, generator=torch.Generator().manual_seed(3)) + 1.5
-    x = torch.tanh(u / 2).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+    x = torch.tanh(u / 2).view(-1, 1, 1, 1).expand(-1, 3, imsize, imsize)
     return to_uint8(x), torch.arange(n) % 3
 
 
@@ -108,6 +111,17 @@ def test_a_d_that_prefers_g_to_real_data_is_one_error_line() -> None:
 def test_rejection_sampled_metrics_carry_the_percentile_in_their_names() -> None:
     assert metric_tag({"samples": 2000, "truncation": 1.5, "drs": 80.0}) == "2k_trunc1.5_drs80"
     assert metric_tag({"samples": 10000, "drs": 0.0}) == "10k"
+
+
+def test_the_inception_evaluation_scores_the_kept_samples_and_names_them(weights: Path, tmp_path: Path) -> None:
+    ev = Evaluator(Shapes(32, size=24), "shapes", 32, weights, torch.device("cpu"), tmp_path, n_ref=0)
+    G = BrightnessG(imsize=32)
+    plain = ev(G, 20)["metrics"]
+    ev.drs = drs.RejectionSampler(G, BrightnessD(1.0), *real_bright(200, 32), percentile=80.0, batch_size=10)
+    kept = ev(G, 20)
+    m = kept["metrics"]
+    assert m["drs"] == 80.0 and m["drs_candidates"] >= 20 and m["fid"] != plain["fid"] and "drs" not in plain
+    assert "metrics/fid20_drs80" in ev.scalars(m) and "20, kept by DRS at the 80th percentile" in ev.format(kept)
 
 
 def test_the_flag_takes_a_percentile(capsys: pytest.CaptureFixture) -> None:

@@ -31,7 +31,6 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-
 from torch.utils.data import Dataset, Subset
 
 from classifier import as_input, stack_uint8
@@ -124,7 +123,7 @@ class RejectionSampler:
                 xb = as_input(x_uint8[i:i + self.batch_size]).to(self.device)
                 yb = y[i:i + self.batch_size].to(self.device) if y is not None else None
                 out.append(self.D(xb, yb).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out)
 
     @torch.no_grad()
     def candidates_for(self, y: Tensor | None, n: int) -> Tensor:

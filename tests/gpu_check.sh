@@ -1,28 +1,54 @@
 #!/usr/bin/env bash
 # The GPU check (BENCHMARKS.md, "GPU"): the CUDA tests, a trimmed benchmark and the loader at 2 and 12 workers
-# (and from the decoded-image cache), and the CPU time of each decode path.
-# Usage: bash tests/gpu_check.sh [OUTDIR]   (default gpu_check/; about 10 minutes on one H100/H200)
+# (and from the decoded-image cache), the CPU time of each decode path, and, where Fashion-MNIST is given,
+# the s/step of the fmnist_32_long preset.
+# Usage: bash tests/gpu_check.sh [OUTDIR] [FMNIST_DIR [CLASSIFIER_CACHE_DIR]]   (default OUTDIR gpu_check/)
+# Each part runs under its own time limit (seconds: PART_TESTS 200, PART_BENCH 150, PART_FMNIST 90; the loader's
+# parts 20-40 each), so the whole check ends within 9.5 minutes whatever a part does.
 # Uses the machine's python3 and its torch; needs neither torch-fidelity nor lmdb, nor a dataset.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_check}"
+fmnist="${2:-}"
+cache="${3:-}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 py="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
 status=0
+part() {  # part SECONDS NAME COMMAND...: run COMMAND under a time limit, its output appended to $out/NAME
+  local limit="$1" name="$2"
+  shift 2
+  timeout -s INT -k 15 "$limit" "$@" 2>&1 | tee -a "$out/$name"
+  local rc="${PIPESTATUS[0]}"
+  if [ "$rc" = 124 ] || [ "$rc" = 130 ] || [ "$rc" = 137 ]; then echo "!! stopped at its limit of $limit s: $*" | tee -a "$out/$name"; fi
+  [ "$rc" = 0 ] || status=1
+}
 $py -c "import torch; print('torch', torch.__version__, '| device', torch.cuda.get_device_name(0))" | tee "$out/device.txt"
-echo "== pytest -m gpu"
-/usr/bin/time -f "pytest -m gpu: %e s" $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest_gpu.txt" || status=1
-echo "== bench: 128 px ImageNet SAGAN, batch 256, 10 iterations after 3 warm-ups"
-$py bench.py --imsize 128 --batch_size 256 --num_classes_bench 1000 --device cuda --warmup 3 --iters 10 \
-  --compare "fp32-math:--amp off --attn_backend math|bf16-sdpa-cl:--amp bf16 --attn_backend sdpa --channels_last true|bf16-all:--amp bf16 --attn_backend sdpa --channels_last true --compile true|tf32-math:--amp off --attn_backend math --tf32 true" \
-  --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
-echo "== loader: 2,000 synthetic ImageNet-sized JPEGs at 128 px, 2 and 12 workers"
+# The loader's 2,000 JPEGs are made on one CPU core while the GPU parts run.
 jpegs="$(mktemp -d)/jpegs"
-$py bench.py --make_jpegs "$jpegs" --n 2000 | tee "$out/loader.txt" || status=1
+$py bench.py --make_jpegs "$jpegs" --n 2000 > "$out/loader.txt" 2>&1 &
+maker=$!
+echo "== pytest -m gpu"
+part "${PART_TESTS:-200}" pytest_gpu.txt $py -m pytest -m gpu -v -p no:cacheprovider --durations=0 tests/test_gpu.py
+echo "== bench: 128 px ImageNet SAGAN, batch 256, 10 iterations after 3 warm-ups"
+part "${PART_BENCH:-150}" bench.txt $py bench.py --imsize 128 --batch_size 256 --num_classes_bench 1000 --device cuda --warmup 3 --iters 10 \
+  --compare "fp32-math:--amp off --attn_backend math|bf16-sdpa-cl:--amp bf16 --attn_backend sdpa --channels_last true|bf16-all:--amp bf16 --attn_backend sdpa --channels_last true --compile true|tf32-math:--amp off --attn_backend math --tf32 true" \
+  --json "$out/bench.json"
+echo "== loader: 2,000 synthetic ImageNet-sized JPEGs at 128 px, 2 and 12 workers"
+wait "$maker" || status=1
+cat "$out/loader.txt"
 for w in 2 12; do
-  $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w" 2>&1 | tee -a "$out/loader.txt" || status=1
+  part 20 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w"
 done
-$py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode 2>&1 | tee -a "$out/loader.txt" || status=1
-$py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2 --data_cache "$jpegs.cache" 2>&1 | tee -a "$out/loader.txt" || status=1
-$py bench.py --decode_paths "$jpegs" --n 300 --imsize 128 2>&1 | tee -a "$out/loader.txt" || status=1
+part 20 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode
+part 40 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2 --data_cache "$jpegs.cache"
+part 30 loader.txt $py bench.py --decode_paths "$jpegs" --n 300 --imsize 128
+if [ -n "$fmnist" ]; then
+  echo "== fmnist_32_long: 500 steps on the GPU, then its evaluation on 2,000 samples"
+  runs="$(mktemp -d)"
+  part "${PART_FMNIST:-90}" fmnist.txt $py main.py --preset fmnist_32_long --version gpu_check --data_dir "$fmnist" \
+    ${cache:+--eval_cache_dir "$cache"} --total_step 500 --log_step 100 --eval_step 500 --model_save_step 500 --sample_step 500 \
+    --model_save_path "$runs/models" --sample_path "$runs/samples" --log_path "$runs/logs" --attn_path "$runs/attn"
+fi
 exit $status

@@ -538,8 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         parsed.append((vname, flags, args_v))
     print(f"device: {name}; torch {torch.__version__}; {tf32_flags()}; base flags: {' '.join(rest)}")
+    print("model FLOPs per iteration are counted once per model (eager fp32, math attention); 'of matmul' is against the "
+          "dense matmul of the variant's own dtype" + (", 'of peak' against the bf16 peak" if peak else ""))
     rates: dict[torch.dtype, float] = {}
-    results = []
+    flops_of: dict[str, int] = {}  # a model's FLOPs, keyed by its config: the variants' speed flags do not change them
+    results: list[dict] = []
     for vname, flags, args_v in parsed:
         argv_v = list(rest) + flags
         if device.type == "cuda" and args_v.amp == "off" and args_v.tf32 is None:
@@ -551,26 +554,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f" ({rates[dtype] / peak:.0%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak)" if peak else ""))
         r = bench_variant(argv_v, own.num_classes_bench, own.warmup, own.iters)
         gc.collect()
-        flops = count_flops(argv_v, own.num_classes_bench)  # after timing: its peak is not measured
+        key = repr(model_config(args_v, own.num_classes_bench))
+        if key not in flops_of:
+            flops_of[key] = count_flops(argv_v, own.num_classes_bench)  # after timing: its peak is not measured
+        flops = flops_of[key]
         r.update(name=vname, flags=" ".join(flags), flops=flops, gflop_per_s=flops / r["s_per_iter"] / 1e9,
                  dtype=str(dtype).split(".")[-1], tf32=tf32_flags())
         r["matmul_fraction"] = flops / r["s_per_iter"] / rates[dtype]
         r["peak_fraction"] = flops / r["s_per_iter"] / peak if peak else None
+        r["time_ratio"] = r["s_per_iter"] / (results[0]["s_per_iter"] if results else r["s_per_iter"])
         results.append(r)
         gc.collect()
-    first = results[0]["s_per_iter"]
-    print("model FLOPs per iteration are counted per variant; 'of matmul' is against the dense matmul of the variant's "
-          "own dtype" + (", 'of peak' against the bf16 peak" if peak else ""))
-    print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} "
-          f"{'of peak':>8} {'time ratio':>10}")
-    for r in results:
+        # Each variant's row as soon as it is timed, and the JSON rewritten: a run stopped early keeps what it measured.
+        if len(results) == 1:
+            print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} "
+                  f"{'of peak':>8} {'time ratio':>10}")
         pf = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] is not None else "-"
         print(f"{r['name']:<16} {r['s_per_iter']:>8.3f} {r['img_per_s']:>8.1f} {r['peak_bytes'] / 2**20:>9.0f} "
-              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {pf:>8} {r['s_per_iter'] / first:>10.2f}")
-    if own.json:
-        with open(own.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "matmul_flops_per_s": {str(k): v for k, v in rates.items()},
-                       "bf16_peak": peak, "base": rest, "results": results}, f, indent=2)
+              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {pf:>8} {r['time_ratio']:>10.2f}",
+              flush=True)
+        if own.json:
+            with open(own.json, "w") as f:
+                json.dump({"device": name, "torch": torch.__version__, "matmul_flops_per_s": {str(k): v for k, v in rates.items()},
+                           "bf16_peak": peak, "base": rest, "results": results}, f, indent=2)
     return 0
 
 

@@ -141,7 +141,7 @@ def test_generator_and_folder_agree_and_mode_restored(weights: Path, tmp_path: P
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy() -> None:
-    from torch_fidelity.metric_fid import fid_features_to_statistics
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
     rng = np.random.default_rng(0)
     # Synthetic features with more samples than dimensions, so that both covariances are full rank.
@@ -151,6 +151,8 @@ def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy() -> None:
     fb = Features(torch.from_numpy(b).float(), torch.zeros(len(b), 1008))
     sa, sb = fid_features_to_statistics(fa.pool), fid_features_to_statistics(fb.pool)
     assert abs(fid_from_stats(sa["mu"], sa["sigma"], sa["mu"], sa["sigma"])) < 1e-6 * np.trace(sa["sigma"])
+    assert fid_from_stats(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"]) == \
+        fid_statistics_to_metric(sa, sb, False)["frechet_inception_distance"]  # torch-fidelity's own figure, exactly
     ref = {"mu": torch.from_numpy(sb["mu"]), "sigma": torch.from_numpy(sb["sigma"]), "pool": fb.pool}
     ours = compute_metrics(fa, ref)["fid"]
     # Independent: numpy statistics in float64 and scipy's matrix square root.

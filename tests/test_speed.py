@@ -148,7 +148,7 @@ def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest
     assert bench.main(base + ["--batch_size", "2", "--iters", "2", "--warmup", "1", "--json", str(out),
                               "--compare", "math:--attn_backend math|fused:--attn_backend sdpa --channels_last true"]) == 0
     text = capsys.readouterr().out
-    assert "model FLOPs per iteration are counted per variant" in text and "dense float32 matmul" in text
+    assert "model FLOPs per iteration are counted once per model" in text and "dense float32 matmul" in text
     assert "math" in text and "fused" in text and "time ratio" in text and "of matmul" in text
     res = json.loads(out.read_text())
     assert [r["name"] for r in res["results"]] == ["math", "fused"]
@@ -160,8 +160,10 @@ def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: variant 'hier' with --num_classes_bench 0: g_shared_dim embeds class labels")
     assert "\n" not in err and "Traceback" not in err
-    assert bench.main(base + ["--batch_size", "2", "--iters", "1", "--warmup", "0", "--num_classes_bench", "3",
-                              "--compare", "hier:--g_shared_dim 8 --g_hier true"]) == 0
+    assert bench.main(base + ["--batch_size", "2", "--iters", "1", "--warmup", "0", "--num_classes_bench", "3", "--json", str(out),
+                              "--compare", "hier:--g_shared_dim 8 --g_hier true|wide:--g_conv_dim 16"]) == 0
+    hier_r, wide_r = json.loads(out.read_text())["results"]
+    assert wide_r["flops"] > 2 * hier_r["flops"]  # another model is counted again, not given the first one's count
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])

@@ -34,7 +34,8 @@ Data loading, on its own:
     python bench.py --decode_paths jpegs --n 300 --imsize 128
 
 `--loader FOLDER` times the training loader (`data_loader.get_loader`, `--dataset folder`) over the
-folder: one batch to start the workers, then every further batch of one epoch. Printed: images per
+folder in its steady state, epoch after epoch: the batches the workers may hold in flight (workers x 4) and
+one more start them and are drained first, then eight times that many (at least 8) are timed. Printed: images per
 second in total and per worker, milliseconds per image per core (workers x elapsed / images; the
 main process itself with 0 workers), the CPU time per image of the main process and its workers
 (from /proc, so other load on the machine does not inflate it); and, unless `--full_decode`, the PSNR of the reduced-size decode
@@ -64,7 +65,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -184,7 +185,7 @@ def iteration(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def count_flops(argv: Sequence[str], num_classes: int) -> int:
-    """FLOPs of one eager fp32 iteration with the math attention backend."""
+    """FLOPs of one eager fp32 iteration with the math attention backend, at argv's --batch_size."""
     from torch.utils.flop_counter import FlopCounterMode
 
     trainer, x, y = make_trainer(list(argv) + ["--amp", "off", "--compile", "false"], num_classes)
@@ -193,6 +194,14 @@ def count_flops(argv: Sequence[str], num_classes: int) -> int:
     with FlopCounterMode(display=False) as counter:
         iteration(trainer, x, y)
     return counter.get_total_flops()
+
+
+def flops_at_batch(argv: Sequence[str], num_classes: int, batch: int) -> int:
+    """count_flops at `batch`, from counts at batches 2 and 4: the counted work is affine in the batch (linear, in
+    fact: tests/test_speed.py checks it against a direct count), and two small iterations cost seconds where one
+    at the bench's batch is a full fp32 iteration."""
+    f2, f4 = (count_flops(list(argv) + ["--batch_size", str(b)], num_classes) for b in (2, 4))
+    return f2 + (f4 - f2) * (batch - 2) // 2
 
 
 def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int) -> dict:
@@ -214,6 +223,14 @@ def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int
     med = statistics.median(times)
     return {"s_per_iter": med, "img_per_s": trainer.global_batch * a.n_dis / med, "peak_bytes": peak_bytes(device),
             "times": times, "device": str(device)}
+
+
+def write_bench_json(path: str | None, device_name: str, rates: dict, peak: float | None, base: Sequence[str],
+                     results: list[dict]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"device": device_name, "torch": torch.__version__, "bf16_peak": peak, "base": list(base),
+                       "matmul_flops_per_s": {str(k): v for k, v in rates.items()}, "results": results}, f, indent=2)
 
 
 def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
@@ -324,24 +341,37 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def loader_speed(argv: Sequence[str]) -> dict:
-    """Time the training loader over an image folder (`--dataset folder --data_dir ...` in argv)."""
-    from data_loader import build_dataset, get_loader
+def loader_speed(argv: Sequence[str], batches: int = 0) -> dict:
+    """Time the training loader over an image folder (`--dataset folder --data_dir ...` in argv) in its steady
+    state, epoch after epoch (its workers persist): the first workers x PREFETCH_FACTOR + 1 batches start the
+    workers and drain what they made ahead, then `batches` more are timed (default: 8 per batch a worker may
+    hold in flight, at least 8), so what was ready when the clock started is at most an eighth of the count."""
+    from data_loader import PREFETCH_FACTOR, build_dataset, get_loader
 
     args = get_parameters(list(argv))
     dataset, _ = build_dataset(data_spec(args))
     loader = get_loader(dataset, torch.device("cpu"), args.batch_size, args.seed, args.num_workers)
     workers = loader.num_workers
-    it = iter(loader)
-    next(it)  # starts the workers
-    pids = [w.pid for w in getattr(it, "_workers", [])]
+    in_flight = workers * PREFETCH_FACTOR
+    batches = batches or max(8, 8 * in_flight)
+
+    def stream() -> Iterator[torch.Tensor]:
+        for epoch in itertools.count():
+            loader.batch_sampler.set_epoch(epoch)
+            for x, _ in loader:
+                yield x
+
+    it = stream()
+    for _ in range(in_flight + 1):
+        next(it)
+    pids = [w.pid for w in getattr(loader._iterator, "_workers", [])]  # the persistent workers, when there are any
     cpu0, t0, images = cpu_seconds(pids), time.perf_counter(), 0
-    for x, _ in it:
-        images += len(x)
+    for _ in range(batches):
+        images += len(next(it))
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
-    del it
+    del it, loader
     rate = images / elapsed
-    return {"workers": workers, "images": images, "seconds": elapsed, "img_per_s": rate,
+    return {"workers": workers, "images": images, "batches": batches, "seconds": elapsed, "img_per_s": rate,
             "img_per_s_per_worker": rate / max(workers, 1), "ms_per_image_per_core": 1000 * max(workers, 1) / rate,
             "cpu_ms_per_image": 1000 * cpu / images}
 
@@ -538,10 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         parsed.append((vname, flags, args_v))
     print(f"device: {name}; torch {torch.__version__}; {tf32_flags()}; base flags: {' '.join(rest)}")
-    print("model FLOPs per iteration are counted once per model (eager fp32, math attention); 'of matmul' is against the "
-          "dense matmul of the variant's own dtype" + (", 'of peak' against the bf16 peak" if peak else ""))
     rates: dict[torch.dtype, float] = {}
-    flops_of: dict[str, int] = {}  # a model's FLOPs, keyed by its config: the variants' speed flags do not change them
     results: list[dict] = []
     for vname, flags, args_v in parsed:
         argv_v = list(rest) + flags
@@ -553,30 +580,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dense {str(dtype).split('.')[-1]} matmul: {rates[dtype] / 1e12:.2f} TFLOP/s"
                   + (f" ({rates[dtype] / peak:.0%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak)" if peak else ""))
         r = bench_variant(argv_v, own.num_classes_bench, own.warmup, own.iters)
-        gc.collect()
-        key = repr(model_config(args_v, own.num_classes_bench))
-        if key not in flops_of:
-            flops_of[key] = count_flops(argv_v, own.num_classes_bench)  # after timing: its peak is not measured
-        flops = flops_of[key]
-        r.update(name=vname, flags=" ".join(flags), flops=flops, gflop_per_s=flops / r["s_per_iter"] / 1e9,
-                 dtype=str(dtype).split(".")[-1], tf32=tf32_flags())
-        r["matmul_fraction"] = flops / r["s_per_iter"] / rates[dtype]
-        r["peak_fraction"] = flops / r["s_per_iter"] / peak if peak else None
+        r.update(name=vname, flags=" ".join(flags), argv=argv_v, dtype=str(dtype).split(".")[-1], tf32=tf32_flags(),
+                 batch=args_v.batch_size, model=repr(model_config(args_v, own.num_classes_bench)))
         r["time_ratio"] = r["s_per_iter"] / (results[0]["s_per_iter"] if results else r["s_per_iter"])
         results.append(r)
         gc.collect()
-        # Each variant's row as soon as it is timed, and the JSON rewritten: a run stopped early keeps what it measured.
-        if len(results) == 1:
-            print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} "
-                  f"{'of peak':>8} {'time ratio':>10}")
+        # Each variant's time as soon as it is measured, and the JSON rewritten: a run stopped early keeps it.
+        print(f"timed {vname}: {r['s_per_iter']:.3f} s/iter, {r['img_per_s']:.1f} img/s, peak {r['peak_bytes'] / 2**20:.0f} MiB, "
+              f"time ratio {r['time_ratio']:.2f}", flush=True)
+        write_bench_json(own.json, name, rates, peak, rest, results)
+    # FLOPs once per model (the speed flags do not change them), after every variant is timed
+    flops_of: dict[str, int] = {}
+    for r in results:
+        if r["model"] not in flops_of:
+            flops_of[r["model"]] = flops_at_batch(r["argv"], own.num_classes_bench, r["batch"])
+        r["flops"] = flops_of[r["model"]]
+        r["gflop_per_s"] = r["flops"] / r["s_per_iter"] / 1e9
+        r["matmul_fraction"] = r["flops"] / r["s_per_iter"] / rates[getattr(torch, r["dtype"])]
+        r["peak_fraction"] = r["flops"] / r["s_per_iter"] / peak if peak else None
+    write_bench_json(own.json, name, rates, peak, rest, results)
+    print("model FLOPs per iteration are counted once per model; 'of matmul' is against the dense matmul of the variant's "
+          "own dtype" + (", 'of peak' against the bf16 peak" if peak else ""))
+    print(f"{'variant':<16} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of matmul':>9} "
+          f"{'of peak':>8} {'time ratio':>10}")
+    for r in results:
         pf = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] is not None else "-"
         print(f"{r['name']:<16} {r['s_per_iter']:>8.3f} {r['img_per_s']:>8.1f} {r['peak_bytes'] / 2**20:>9.0f} "
-              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {pf:>8} {r['time_ratio']:>10.2f}",
-              flush=True)
-        if own.json:
-            with open(own.json, "w") as f:
-                json.dump({"device": name, "torch": torch.__version__, "matmul_flops_per_s": {str(k): v for k, v in rates.items()},
-                           "bf16_peak": peak, "base": rest, "results": results}, f, indent=2)
+              f"{r['flops'] / 1e9:>7.1f} {r['gflop_per_s']:>8.1f} {r['matmul_fraction']:>9.0%} {pf:>8} {r['time_ratio']:>10.2f}")
     return 0
 
 

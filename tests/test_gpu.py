@@ -112,6 +112,6 @@ def test_torchrun_one_process_on_nccl(workdir: Path) -> None:
     tiny = shlex.split("--imsize 32 --g_conv_dim 16 --d_conv_dim 16 --batch_size 16 --total_step 3 --version t")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                          str(ROOT / "main.py"), *GPU, *tiny], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+                          str(ROOT / "main.py"), *GPU, *tiny], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "step 3/3" in run.stdout and (workdir / "models/t/3.pt").is_file()

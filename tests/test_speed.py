@@ -144,6 +144,7 @@ def test_bench_compares_variants_and_counts_flops(tmp_path: Path, capsys: pytest
     f2 = bench.count_flops(base + ["--batch_size", "2"], 0)
     f4 = bench.count_flops(base + ["--batch_size", "4"], 0)
     assert f2 > 0 and abs(f4 / f2 - 2) < 0.05  # counted FLOPs scale with the batch
+    assert bench.flops_at_batch(base, 0, 8) == bench.count_flops(base + ["--batch_size", "8"], 0)  # extrapolated exactly
     out = tmp_path / "b.json"
     assert bench.main(base + ["--batch_size", "2", "--iters", "2", "--warmup", "1", "--json", str(out),
                               "--compare", "math:--attn_backend math|fused:--attn_backend sdpa --channels_last true"]) == 0
@@ -197,11 +198,16 @@ def test_bench_loader_tools_time_every_decode_path_and_the_cache(tmp_path: Path,
     capsys.readouterr()
     assert bench.main(["--loader", str(jpegs), "--imsize", "64", "--batch_size", "2", "--num_workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert "reduced-size JPEG decode, 0 workers, batch 2: 4 images in" in out and "ms per image per core" in out  # batch 1 not timed
+    assert "reduced-size JPEG decode, 0 workers, batch 2: 16 images in" in out and "ms per image per core" in out  # batch 1 not timed
     assert "reduced-size decode vs full decode at 64 px over 6 images: median PSNR" in out
     assert bench.main(["--loader", str(jpegs), "--imsize", "64", "--batch_size", "2", "--num_workers", "0",
                        "--data_cache", str(tmp_path / "cache")]) == 0
-    assert "the decoded-image cache, 0 workers, batch 2: 4 images in" in capsys.readouterr().out and len(list((tmp_path / "cache").glob("folder-64px-reduced-*.npy"))) == 1
+    assert "the decoded-image cache, 0 workers, batch 2: 16 images in" in capsys.readouterr().out and len(list((tmp_path / "cache").glob("folder-64px-reduced-*.npy"))) == 1
+    # With workers, the batches they may hold in flight (1 x 4) and one more are drained before the clock starts,
+    # then eight times that many are timed, epoch after epoch over the 6 images: what was made ahead is not timed.
+    r = bench.loader_speed(["--dataset", "folder", "--data_dir", str(jpegs), "--imsize", "64", "--batch_size", "2",
+                            "--num_workers", "1"])
+    assert (r["workers"], r["batches"], r["images"]) == (1, 32, 64) and r["cpu_ms_per_image"] > 0
     rows_json = tmp_path / "paths.json"
     assert bench.main(["--decode_paths", str(jpegs), "--n", "4", "--imsize", "64", "--json", str(rows_json)]) == 0
     rows = json.loads(rows_json.read_text())

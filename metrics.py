@@ -110,7 +110,11 @@ class Inception:
     """torch-fidelity's TF-compatible InceptionV3: uint8 (N, 3, H, W) -> pool (N, 2048), logits (N, 1008)."""
 
     def __init__(self, weights: Path, device: torch.device) -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as e:
+            raise EvalError("the Inception metrics need torch-fidelity, which is not installed: pip install "
+                            "torch-fidelity==0.4.0 (or score with --eval_metric classifier on a labelled dataset)") from e
 
         try:  # tensors only: refuse a pickle that would run code before torch-fidelity loads it
             torch.load(weights, map_location="cpu", weights_only=True)

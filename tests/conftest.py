@@ -21,3 +21,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary folder that is also the working directory (runs write ./models, ./samples, ...)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture()
+def no_torch_fidelity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch-fidelity as if it were not installed: the package and every submodule already imported unimportable."""
+    for name in [m for m in sys.modules if m.startswith("torch_fidelity.")] + ["torch_fidelity"]:
+        monkeypatch.setitem(sys.modules, name, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import dataclasses
 from pathlib import Path
 
@@ -201,10 +200,10 @@ def test_fmnist_preset_resolves() -> None:
 
 @pytest.mark.slow
 def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys: pytest.CaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            no_torch_fidelity: None) -> None:
+    """Also: the classifier metric needs no torch-fidelity."""
     from main import main
 
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # the classifier metric needs no torch-fidelity
     fake_fmnist(workdir / "fm", n_train=120, n_test=40)
     flags = ["--preset", "fmnist_32", "--data_dir", str(workdir / "fm"), "--total_step", "2", "--eval_step", "2",
              "--eval_samples", "40", "--batch_size", "8", "--log_step", "1", "--sample_step", "2", "--model_save_step", "2",

@@ -80,6 +80,13 @@ def test_missing_weights_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         Inception(w, torch.device("cpu"))
 
 
+def test_inception_without_torch_fidelity_is_one_line(tmp_path: Path, no_torch_fidelity: None) -> None:
+    w = tmp_path / "w.pth"
+    torch.save({"x": torch.zeros(1)}, w)
+    with pytest.raises(EvalError, match="need torch-fidelity, which is not installed: pip install torch-fidelity==0.4.0"):
+        Inception(w, torch.device("cpu"))
+
+
 def test_reference_cache_reused_and_invalidated(net: Inception, tmp_path: Path) -> None:
     ds = Shapes(32, size=24)
     first = reference_stats(ds, "shapes", 32, net, tmp_path, n_ref=0)

@@ -241,7 +241,9 @@ PRESETS: dict[str, dict] = {
     # auxiliary classifier (--d_ac true), sampled with or without truncation ("Truncated z"), nor the term in D's features
     # (--ms_space d), alone or with the head ("MSGAN's term in D's features"), nor two with bCR's consistency terms for D
     # (--cr_weight 10 --cr_fake_weight 10, "Consistency regularization for D"), nor sampling with D's rejection
-    # sampling (--drs 80 or 95, "Discriminator rejection sampling (DRS)"): BENCHMARKS.md, "fmnist_32_long"
+    # sampling (--drs 80 or 95, "Discriminator rejection sampling (DRS)"), nor two with the head and the term in D's
+    # features at a third of MSGAN's weight (--d_ac true --ms_weight 0.3 --ms_space d: seed 0 ahead on all three
+    # figures, seed 1 behind on GAN-train; "... at weight 0.3"): BENCHMARKS.md, "fmnist_32_long"
     "fmnist_32_long": dict(_FMNIST, g_conv_dim=16, total_step=6000, lr_decay_step=4000, ema_start=4000, ema_decay=0.995,
                            eval_step=1000, model_save_step=1000, sample_step=1000),
     # The README's first command

@@ -197,11 +197,10 @@ def count_flops(argv: Sequence[str], num_classes: int) -> int:
 
 
 def flops_at_batch(argv: Sequence[str], num_classes: int, batch: int) -> int:
-    """count_flops at `batch`, from counts at batches 2 and 4: the counted work is affine in the batch (linear, in
-    fact: tests/test_speed.py checks it against a direct count), and two small iterations cost seconds where one
-    at the bench's batch is a full fp32 iteration."""
-    f2, f4 = (count_flops(list(argv) + ["--batch_size", str(b)], num_classes) for b in (2, 4))
-    return f2 + (f4 - f2) * (batch - 2) // 2
+    """count_flops at `batch`, from one count at batch 2: the counted work is linear in the batch
+    (tests/test_speed.py checks the result against a direct count), and a small iteration costs seconds where one
+    at the bench's batch is a full fp32 iteration under the counter."""
+    return count_flops(list(argv) + ["--batch_size", "2"], num_classes) * batch // 2
 
 
 def bench_variant(argv: Sequence[str], num_classes: int, warmup: int, iters: int) -> dict:
@@ -241,8 +240,8 @@ def preset_hours(rate_tflops: float, names: Sequence[str]) -> list[dict]:
     rows = []
     for name in names:
         args = get_parameters(["--preset", name])
-        flops2 = count_flops(["--preset", name, "--batch_size", "2", "--ema", "false", "--device", "cpu"], dataset_info(args.dataset).num_classes or 0)
-        per_iter = flops2 / 2 * args.global_batch
+        per_iter = flops_at_batch(["--preset", name, "--ema", "false", "--device", "cpu"], dataset_info(args.dataset).num_classes or 0,
+                                  args.global_batch)
         total = per_iter * args.total_step
         rows.append({"preset": name, "gflop_per_iter": per_iter / 1e9, "total_pflop": total / 1e15,
                      "gpu_hours": total / (rate_tflops * 1e12) / 3600})

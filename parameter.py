@@ -232,20 +232,12 @@ PRESETS: dict[str, dict] = {
     # ("Discriminator rejection sampling (DRS)").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, d_ac=True, ms_weight=1.0, truncation=1.5),
-    # fmnist_32's recipe, MSGAN's term at 0.3 in D's features, no truncation, a wider G (16) for 6,000 steps,
-    # the rates halved and the EMA G from step 4,000, its decay 0.995 (a 2,000-step tail has room for a longer average
-    # than fmnist_32's). The tuning figures chose the decay and the width (two seeds of G 16 against two runs of G 12);
-    # three seeds of D 24, two of G 24, two with D's minibatch std (--d_mbstd 4) and two with BigGAN's conditioning
-    # (--g_shared_dim 128 --g_hier true) were no better, nor two of 12,000 steps, two with the tail from step 3,000,
-    # two in bf16 ("bf16 on the CPU"), two with MSGAN's mode-seeking term (--ms_weight 1) or two with it and D's
-    # auxiliary classifier (--d_ac true), sampled with or without truncation ("Truncated z"), nor the term in D's features
-    # (--ms_space d), alone or with the head ("MSGAN's term in D's features"), nor two with bCR's consistency terms for D
-    # (--cr_weight 10 --cr_fake_weight 10, "Consistency regularization for D"), nor sampling with D's rejection
-    # sampling (--drs 80 or 95, "Discriminator rejection sampling (DRS)"), nor two with the head and the term in D's
-    # features at MSGAN's weight 1. D's class head with MSGAN's term in D's features at a third of that weight (--d_ac
-    # true --ms_weight 0.3 --ms_space d) is the preset's: seed 0 was ahead of the G 16 mean on all three figures and
-    # seed 1 behind on GAN-train, then both fresh seeds 2 and 3 ahead on all three ("... at weight 0.3" and "The same
-    # candidate on two fresh seeds"): BENCHMARKS.md, "fmnist_32_long"
+    # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no
+    # truncation, a wider G (16) for 6,000 steps, the rates halved and the EMA G from step 4,000, its decay 0.995 (a
+    # 2,000-step tail has room for a longer average than fmnist_32's). The tuning figures chose the width, the decay and
+    # the head with the term (ahead of the G 16 mean on all three figures on seeds 0, 2 and 3, behind on GAN-train on
+    # seed 1; adopted when the fresh seeds 2 and 3 both passed). Every change tried and not adopted, and why:
+    # BENCHMARKS.md, "fmnist_32_long" and the sections below it.
     "fmnist_32_long": dict(_FMNIST, g_conv_dim=16, total_step=6000, lr_decay_step=4000, ema_start=4000, ema_decay=0.995,
                            d_ac=True, ms_weight=0.3, ms_space="d", eval_step=1000, model_save_step=1000, sample_step=1000),
     # The README's first command

@@ -4,7 +4,7 @@
 # s/step and its evaluation on the GPU.
 # Usage: [PARTS="tests bench loader fmnist"] bash tests/gpu_check.sh [OUTDIR] [FMNIST_DIR [CLASSIFIER_CACHE_DIR]]
 # Each part runs under its own time limit in seconds (PART_TESTS 360, in two halves: the quick tests first, then the
-# three that compile; PART_BENCH 200; PART_FMNIST 100; the loader's parts 30-45 each). All four parts take about
+# three that compile; PART_BENCH 200; PART_FMNIST 100; the loader's parts 30-90 each). All four parts take about
 # 12 minutes on one H100/H200, more than one 10-minute call: run PARTS=tests, then PARTS="bench loader fmnist".
 # Uses the machine's python3 and its torch; needs neither torch-fidelity nor lmdb, nor a dataset.
 set -uo pipefail
@@ -50,9 +50,9 @@ if has loader; then
   wait "$maker" || status=1
   cat "$out/loader.txt"
   for w in 2 12; do
-    part 45 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w"
+    part $(( w > 2 ? 90 : 45 )) loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w"
   done
-  part 45 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode
+  part 90 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode
   part 40 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2 --data_cache "$jpegs.cache"
   part 30 loader.txt $py bench.py --decode_paths "$jpegs" --n 300 --imsize 128
 fi

@@ -49,9 +49,8 @@ if has loader; then
   echo "== loader: 2,000 synthetic ImageNet-sized JPEGs at 128 px, 2 and 12 workers"
   wait "$maker" || status=1
   cat "$out/loader.txt"
-  for w in 2 12; do
-    part $(( w > 2 ? 90 : 45 )) loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers "$w"
-  done
+  part 45 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2
+  part 90 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12
   part 90 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 12 --full_decode
   part 40 loader.txt $py bench.py --loader "$jpegs" --imsize 128 --batch_size 256 --num_workers 2 --data_cache "$jpegs.cache"
   part 30 loader.txt $py bench.py --decode_paths "$jpegs" --n 300 --imsize 128

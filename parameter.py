@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--d_ac", type=str2bool, default=False,
                    help="labelled data: an auxiliary classifier head in D beside the projection (ACGAN; not in SAGAN), "
                         "trained on real images and steering G's fakes toward their labels (see --ac_weight)")
+    a.add_argument("--d_tac", type=str2bool, default=False,
+                   help="with --d_ac: TAC-GAN's twin classifier head, which learns the fakes' labels while G plays "
+                        "against it, to keep ACGAN's head from narrowing each class (not in SAGAN)")
     a.add_argument("--sn_layers", type=str, default="all", choices=SN_LAYERS,
                    help="dcgan: spectral norm on every layer (all, the paper) or on the up/down convs only (port, heykeetae)")
     a.add_argument("--convt_sn_dim", type=int, default=1, choices=CONVT_SN_DIMS,
@@ -509,6 +512,8 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_ac and "ac_weight" in given:
         p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
                 "drop --ac_weight")
+    if args.d_tac and not args.d_ac:
+        p.error("--d_tac adds a twin to D's auxiliary classifier head, which is off: add --d_ac true or drop --d_tac")
     if args.ms_space != "image" and not args.ms_weight:
         p.error(f"--ms_space {args.ms_space} sets where --ms_weight's term measures distance, and --ms_weight is 0: "
                 "add --ms_weight W (e.g. 1)")

@@ -95,6 +95,9 @@ BigGAN's class conditioning in G (Brock et al. 2019, section 3 and appendix B; B
 `d_ac`, off by default and not in SAGAN: an auxiliary classifier head in D beside the projection, as
 ACGAN's (Odena et al. 2017, Eq. 2-3): a spectrally normalised linear layer from D's pooled features
 (B, C) to class logits (B, num_classes). The losses that use it are the trainer's (`--ac_weight`).
+`d_tac` (with `d_ac`; not in SAGAN) adds TAC-GAN's twin head (Gong et al., NeurIPS 2019; StudioGAN's
+`linear_mi`): a second spectrally normalised linear layer of the same shape, which the trainer fits to the
+fakes' labels and G plays against.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ class ModelConfig:
     g_shared_dim: int = 0  # resnet: a shared class embedding of this size that SN-linear layers map to each CBN (BigGAN); 0: tables
     g_hier: bool = False  # resnet, with g_shared_dim: z split into one chunk for the head and one per G block (BigGAN)
     d_ac: bool = False  # an auxiliary classifier head in D beside the projection (ACGAN): class logits (B, num_classes)
+    d_tac: bool = False  # with d_ac: TAC-GAN's twin head, class logits of fakes (B, num_classes)
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -214,6 +218,8 @@ class ModelConfig:
             raise ValueError("g_hier appends a chunk of z to the shared class embedding; set g_shared_dim as well")
         if self.d_ac and self.num_classes < 1:
             raise ValueError("d_ac classifies images into the dataset's classes; use it with a labelled dataset")
+        if self.d_tac and not self.d_ac:
+            raise ValueError("d_tac is the twin of D's auxiliary classifier head; set d_ac as well")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -799,15 +805,21 @@ class Discriminator(nn.Module):
             self.embed = _sn(nn.Embedding(cfg.num_classes, cin), True, eps)
         if cfg.d_ac:
             self.ac = _sn(nn.Linear(cin, cfg.num_classes), True, eps)
+        if cfg.d_tac:
+            self.twin = _sn(nn.Linear(cin, cfg.num_classes), True, eps)
         init_weights(self, cfg.init)
 
     def forward(self, x: Tensor, y: Tensor | None = None, return_attn: bool = False,
-                return_cls: bool = False, return_features: bool = False) -> Tensor | tuple[Tensor, ...]:
+                return_cls: bool = False, return_features: bool = False,
+                return_twin: bool = False) -> Tensor | tuple[Tensor, ...]:
         """The logits (B,); return_cls (d_ac) appends the auxiliary class logits (B, num_classes), then
-        return_features the pooled features h (B, C), then return_attn the attention maps."""
+        return_twin (d_tac) the twin head's (B, num_classes), then return_features the pooled features h
+        (B, C), then return_attn the attention maps."""
         _check_labels(self.cfg.num_classes, y, x.shape[0])
         if return_cls and not self.cfg.d_ac:
             raise ValueError("return_cls needs the auxiliary classifier head: build D with d_ac")
+        if return_twin and not self.cfg.d_tac:
+            raise ValueError("return_twin needs TAC-GAN's twin head: build D with d_tac")
         maps: list[Tensor] | None = [] if return_attn else None
         h = _run(self.blocks, x, None, maps)  # (B, C, 4, 4)
         if self.cfg.arch == "resnet":
@@ -818,7 +830,7 @@ class Discriminator(nn.Module):
             h = h.sum(dim=(2, 3))  # (B, C) for the projection
         if self.cfg.num_classes > 0:
             out = out + (self.embed(y) * h).sum(dim=1)
-        extra = [self.ac(h)] if return_cls else []  # (B, num_classes)
+        extra = ([self.ac(h)] if return_cls else []) + ([self.twin(h)] if return_twin else [])  # (B, num_classes) each
         extra += ([h] if return_features else []) + ([maps] if return_attn else [])  # (B, C); maps
         return (out, *extra) if extra else out
 

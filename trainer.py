@@ -25,6 +25,12 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   their drawn labels for G (`ac_loss`). Deliberate deviation from ACGAN (Odena et al. 2017, Eq. 3), whose
   D also learns to classify fakes: D's head learns the real classes only, so G is steered toward what real
   images of its label look like (the fakes' term, as in ACGAN, is G's alone).
+- `--d_tac` (with the head; off by default, not in the paper): TAC-GAN's twin classifier (Gong et al., NeurIPS
+  2019, as StudioGAN's TACGAN computes it, with its three weights set to one, `--ac_weight`). A second head of
+  D learns the fakes' drawn labels (`loss/tac_d`, in D's loss), and G's loss subtracts that head's
+  cross-entropy on its fakes (`loss/tac_g`): G is pushed toward its label by the first head and away from
+  fakes that are easy to tell apart by the twin, which cancels ACGAN's pull toward the few most easily
+  classified images of each class.
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
 Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
@@ -317,7 +323,7 @@ def log_line(step: int, total: int, logs: dict[str, Tensor], s_per_step: float, 
         for k, v in {**vals, **gam, **lrs, "speed/img_per_s": ips}.items():
             writer.add_scalar(k, v, step)
     gtxt = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in gam.items())
-    extra = ("loss/ms", "loss/ac_d", "loss/ac_g", "loss/cr", "loss/cr_fake")
+    extra = ("loss/ms", "loss/ac_d", "loss/ac_g", "loss/tac_d", "loss/tac_g", "loss/cr", "loss/cr_fake")
     terms = "".join(f" {k.split('/', 1)[1]}_loss {vals[k]:.4f}" for k in extra if k in vals)
     line = (f"step {step}/{total} d_loss {vals['loss/d']:.4f} g_loss {vals['loss/g']:.4f}{terms} D(x) {vals['d/real']:.3f} "
             f"D(G(z)) {vals['d/fake']:.3f} {gtxt} {s_per_step:.3g} s/step {ips:.1f} img/s eta {duration((total - step) * s_per_step)}")
@@ -712,14 +718,16 @@ class Trainer:
         """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
         return augment.diff_augment(x, self.diffaug).contiguous(memory_format=self.memory_format) if self.diffaug else x
 
-    def judge(self, d: nn.Module, x: Tensor, y: Tensor | None,
-              features: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def judge(self, d: nn.Module, x: Tensor, y: Tensor | None, features: bool = False,
+              twin: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """D's logits in fp32 (B,); with its auxiliary classifier head (d_ac), its class logits (B, K); with
-        `features`, its pooled features (B, C). Each is None when not asked for."""
-        out = d(x, y, return_cls=self.cfg.d_ac, return_features=features)
+        `twin` (d_tac), the twin head's class logits (B, K); with `features`, its pooled features (B, C).
+        Each is None when not asked for."""
+        out = d(x, y, return_cls=self.cfg.d_ac, return_twin=twin, return_features=features)
         logit, *rest = out if isinstance(out, tuple) else (out,)
         cls = rest.pop(0) if self.cfg.d_ac else None
-        return logit.float(), cls, (rest.pop(0) if features else None)
+        tw = rest.pop(0) if twin else None
+        return logit.float(), cls, tw, (rest.pop(0) if features else None)
 
     def d_step(self, reals: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One D update from --accum micro-batches of real images."""
@@ -743,13 +751,19 @@ class Trainer:
             fake = self.augment(fake)
             with ctx:
                 with self.autocast():
-                    d_real, cls_real, _ = self.judge(self.w.d_train, x, y_real)
-                    d_fake = self.w.d_train(fake, y_fake).float()
+                    d_real, cls_real, _, _ = self.judge(self.w.d_train, x, y_real)
+                    if self.cfg.d_tac:
+                        d_fake, _, twin_fake, _ = self.judge(self.w.d_train, fake, y_fake, twin=True)
+                    else:
+                        d_fake = self.w.d_train(fake, y_fake).float()
                 loss = self.d_loss_fn(d_real, d_fake)
                 parts = {"loss/d": loss, "d/real": d_real.mean(), "d/fake": d_fake.mean()}
                 if cls_real is not None:
                     parts["loss/ac_d"] = ac_loss(cls_real, y_real)
                     loss = loss + self.opts.ac_weight * parts["loss/ac_d"]
+                if self.cfg.d_tac:
+                    parts["loss/tac_d"] = ac_loss(twin_fake, y_fake)
+                    loss = loss + self.opts.ac_weight * parts["loss/tac_d"]
                 if self.opts.cr_weight:
                     parts["loss/cr"] = self.consistency(x, y_real, d_real, cls_real)
                     loss = loss + self.opts.cr_weight * parts["loss/cr"]
@@ -770,7 +784,7 @@ class Trainer:
         change is the penalty (consistency_loss; class logits added where given)."""
         with self.autocast():
             x_t = augment.consistency_transform(x, self.opts.flip).contiguous(memory_format=self.memory_format)
-            logit_t, cls_t, _ = self.judge(self.w.d_train, x_t, y)
+            logit_t, cls_t, _, _ = self.judge(self.w.d_train, x_t, y)
         penalty = consistency_loss(logit, logit_t)
         return penalty if cls is None else penalty + consistency_loss(cls, cls_t)
 
@@ -785,12 +799,16 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    d_fake, cls_fake, h_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake, features=in_d)
+                    d_fake, cls_fake, twin_fake, h_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake,
+                                                                     features=in_d, twin=self.cfg.d_tac)
                 loss = self.g_loss_fn(d_fake)
                 parts = {"loss/g": loss}
                 if cls_fake is not None:
                     parts["loss/ac_g"] = ac_loss(cls_fake, y_fake)
                     loss = loss + self.opts.ac_weight * parts["loss/ac_g"]
+                if twin_fake is not None:
+                    parts["loss/tac_g"] = ac_loss(twin_fake, y_fake)
+                    loss = loss - self.opts.ac_weight * parts["loss/tac_g"]
                 if self.opts.ms_weight:
                     parts["loss/ms"] = mode_seeking(unit_rms(h_fake) if in_d else fake, z)
                     loss = loss + self.opts.ms_weight * parts["loss/ms"]

@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ac_weight", type=non_negative_float, default=1.0, metavar="W",
                    help="with --d_ac: W x the cross-entropy of D's class head on real images joins D's loss, and on G's "
                         "fakes against their labels G's loss (StudioGAN's ACGAN weight: 1)")
+    t.add_argument("--tac_weight", type=non_negative_float, default=1.0, metavar="W",
+                   help="with --d_tac: W x the twin head's cross-entropy on fakes joins D's loss and is subtracted from "
+                        "G's (TAC-GAN and StudioGAN: 1)")
     t.add_argument("--seed", type=seed_value, default=0, help="seed of the models' initialisation, the data order and the noise")
     t.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--parallel", type=str2bool, default=False, help="DataParallel over all visible GPUs (one process; prefer torchrun)")
@@ -512,6 +515,8 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_ac and "ac_weight" in given:
         p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
                 "drop --ac_weight")
+    if not args.d_tac and "tac_weight" in given:
+        p.error("--tac_weight weighs the twin classifier head's terms, which is off: add --d_tac true or drop --tac_weight")
     if args.d_tac and not args.d_ac:
         p.error("--d_tac adds a twin to D's auxiliary classifier head, which is off: add --d_ac true or drop --d_tac")
     if args.ms_space != "image" and not args.ms_weight:

@@ -26,9 +26,9 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   D also learns to classify fakes: D's head learns the real classes only, so G is steered toward what real
   images of its label look like (the fakes' term, as in ACGAN, is G's alone).
 - `--d_tac` (with the head; off by default, not in the paper): TAC-GAN's twin classifier (Gong et al., NeurIPS
-  2019, as StudioGAN's TACGAN computes it, with its three weights set to one, `--ac_weight`). A second head of
-  D learns the fakes' drawn labels (`loss/tac_d`, in D's loss), and G's loss subtracts that head's
-  cross-entropy on its fakes (`loss/tac_g`): G is pushed toward its label by the first head and away from
+  2019, as StudioGAN's TACGAN computes it, its two twin weights one flag). A second head of D learns the
+  fakes' drawn labels (`--tac_weight W` times `loss/tac_d`, in D's loss), and G's loss subtracts W times that
+  head's cross-entropy on its fakes (`loss/tac_g`): G is pushed toward its label by the first head and away from
   fakes that are easy to tell apart by the twin, which cancels ACGAN's pull toward the few most easily
   classified images of each class.
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
@@ -131,6 +131,7 @@ class TrainOptions:
     ms_weight: float
     ms_space: str
     ac_weight: float
+    tac_weight: float
     cr_weight: float
     cr_fake_weight: float
     amp: str
@@ -763,7 +764,7 @@ class Trainer:
                     loss = loss + self.opts.ac_weight * parts["loss/ac_d"]
                 if self.cfg.d_tac:
                     parts["loss/tac_d"] = ac_loss(twin_fake, y_fake)
-                    loss = loss + self.opts.ac_weight * parts["loss/tac_d"]
+                    loss = loss + self.opts.tac_weight * parts["loss/tac_d"]
                 if self.opts.cr_weight:
                     parts["loss/cr"] = self.consistency(x, y_real, d_real, cls_real)
                     loss = loss + self.opts.cr_weight * parts["loss/cr"]
@@ -808,7 +809,7 @@ class Trainer:
                     loss = loss + self.opts.ac_weight * parts["loss/ac_g"]
                 if twin_fake is not None:
                     parts["loss/tac_g"] = ac_loss(twin_fake, y_fake)
-                    loss = loss - self.opts.ac_weight * parts["loss/tac_g"]
+                    loss = loss - self.opts.tac_weight * parts["loss/tac_g"]
                 if self.opts.ms_weight:
                     parts["loss/ms"] = mode_seeking(unit_rms(h_fake) if in_d else fake, z)
                     loss = loss + self.opts.ms_weight * parts["loss/ms"]

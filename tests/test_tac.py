@@ -47,6 +47,9 @@ def test_twin_head_is_off_unless_asked_and_needs_the_first_head(capsys: pytest.C
         get_parameters(["--d_tac", "true"])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "add --d_ac true or drop --d_tac" in err
+    with pytest.raises(SystemExit):
+        get_parameters(["--d_ac", "true", "--tac_weight", "0.3"])
+    assert "add --d_tac true or drop --tac_weight" in capsys.readouterr().err
 
 
 def test_d_fits_the_twin_to_the_fakes_drawn_labels(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +103,21 @@ def test_a_checkpoint_with_the_twin_needs_the_flag(tmp_path: Path) -> None:
     old = _cfg(d_ac=True).resolved().to_dict()
     del old["d_tac"]  # a checkpoint written before the twin existed
     check_same_model(old, _cfg(d_ac=True).resolved(), tmp_path / "1.pt")
+
+
+@pytest.mark.parametrize("weight,moves", [("0", False), ("0.3", True)])
+def test_tac_weight_scales_both_twin_terms(weight: str, moves: bool) -> None:
+    t = tiny_trainer("--d_ac", "true", "--d_tac", "true", "--ac_weight", "0", "--tac_weight", weight)
+    t.d_loss_fn = lambda real, fake: (real.sum() + fake.sum()) * 0
+    t.g_loss_fn = lambda fake: fake.sum() * 0
+    d_before = {k: v.clone() for k, v in t.D.named_parameters()}
+    g_before = {k: v.clone() for k, v in t.G.named_parameters()}
+    t.d_step(_reals())
+    d_moved = {k for k, v in t.D.named_parameters() if not torch.equal(d_before[k], v)}
+    t.g_step()
+    assert ("twin.parametrizations.weight.original" in d_moved) == moves
+    assert "ac.parametrizations.weight.original" not in d_moved  # --ac_weight 0: the first head is still
+    assert any(not torch.equal(g_before[k], v) for k, v in t.G.named_parameters()) == moves
 
 
 def test_without_the_twin_no_term_is_logged() -> None:

@@ -13,15 +13,8 @@ from checkpoints import CheckpointError, check_same_model
 from parameter import get_parameters
 from sagan_models import Discriminator, ModelConfig
 from trainer import ac_loss
+from test_aux_classifier import _cfg, _reals
 from test_train import tiny_trainer
-
-
-def _cfg(**kw: object) -> ModelConfig:
-    return ModelConfig(imsize=32, z_dim=16, g_conv_dim=8, d_conv_dim=8, num_classes=4, **kw)
-
-
-def _reals(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(torch.rand(n, 3, 32, 32) * 2 - 1, torch.randint(0, 4, (n,)))]
 
 
 def test_twin_head_gives_its_own_logits_beside_the_same_outputs() -> None:

@@ -492,6 +492,23 @@ def split_global_batch(args: argparse.Namespace, processes: int) -> None:
     args.batch_size = args.global_batch // parts
 
 
+def refuse_orphan(p: argparse.ArgumentParser, args: argparse.Namespace, given: set[str], dep: str, dep_off: str,
+                  base: str, base_on: str, what: str, needs: str) -> NoReturn:
+    """One error line for a setting `dep` that only means something with `base` on, while `base` is off. The advice
+    names the flag to change: `dep` itself when it was typed, else the preset that set it (the user turned
+    `base` off, so they are told how to turn `dep` off too)."""
+    if dep in given:
+        p.error(f"--{dep} {fmt_flag(vars(args)[dep])} {what}, and --{base} is {fmt_flag(vars(args)[base])}: "
+                f"add --{base} {base_on} or drop --{dep}")
+    p.error(f"--preset {args.preset} sets --{dep} {fmt_flag(vars(args)[dep])}, which {needs}: with --{base} "
+            f"{fmt_flag(vars(args)[base])} add --{dep} {dep_off}")
+
+
+def fmt_flag(value: object) -> str:
+    """A flag's value as it is typed on the command line."""
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse flags; with --preset, its values replace the defaults (explicit flags still win). The
     preset's global batch is kept as `args.global_batch` (None without a preset, or with an explicit
@@ -522,13 +539,11 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_tac and "tac_weight" in given:
         p.error("--tac_weight weighs the twin classifier head's terms, which is off: add --d_tac true or drop --tac_weight")
     if args.d_tac and not args.d_ac:
-        if "d_tac" in given:
-            p.error("--d_tac adds a twin to D's auxiliary classifier head, which is off: add --d_ac true or drop --d_tac")
-        p.error(f"--preset {args.preset} has TAC-GAN's twin head, which needs D's auxiliary classifier head: with "
-                "--d_ac false add --d_tac false")
+        refuse_orphan(p, args, given, "d_tac", "false", "d_ac", "true", "adds a twin to D's auxiliary classifier head",
+                      "needs D's auxiliary classifier head")
     if args.ms_space != "image" and not args.ms_weight:
-        p.error(f"--ms_space {args.ms_space} sets where --ms_weight's term measures distance, and --ms_weight is 0: "
-                "add --ms_weight W (e.g. 1)")
+        refuse_orphan(p, args, given, "ms_space", "image", "ms_weight", "W (e.g. 1)",
+                      "sets where --ms_weight's term measures distance", "needs MSGAN's term on")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
     if args.drs and args.eval_dir:

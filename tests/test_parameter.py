@@ -147,6 +147,23 @@ def test_preset_values_and_explicit_override() -> None:
         get_parameters(["--preset", "no_such_preset"])
 
 
+@pytest.mark.parametrize("turned_off,fix,attr", [
+    (["--d_ac", "false"], ["--d_tac", "false"], "d_tac"),
+    (["--ms_weight", "0"], ["--ms_space", "image"], "ms_space"),
+])
+def test_a_setting_the_preset_made_is_refused_with_the_flag_that_turns_it_off(
+        turned_off: list[str], fix: list[str], attr: str, capsys: pytest.CaptureFixture) -> None:
+    """Turning off what a preset's setting needs names that setting's own off value, and the fix then parses."""
+    preset = ["--preset", "fmnist_32_long"]
+    with pytest.raises(SystemExit):
+        get_parameters(preset + turned_off)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--preset fmnist_32_long sets --{attr} " in err and f"with {' '.join(turned_off)} add {' '.join(fix)}" in err, err
+    assert str(getattr(get_parameters(preset + turned_off + fix), attr)).lower() == fix[1]
+    assert str(getattr(get_parameters(preset), attr)).lower() != fix[1]
+
+
 def test_seed_lines_resolve_to_the_documented_configuration() -> None:
     """The README's seed lines: our defaults (paper's ResNet, official attention at 32x32, hinge, TTUR)."""
     from main import resolve_num_classes

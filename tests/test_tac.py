@@ -45,17 +45,6 @@ def test_twin_head_is_off_unless_asked_and_needs_the_first_head(capsys: pytest.C
     assert "add --d_tac true or drop --tac_weight" in capsys.readouterr().err
 
 
-def test_a_preset_with_the_twin_names_the_flag_that_turns_it_off(capsys: pytest.CaptureFixture) -> None:
-    """fmnist_32_long has the twin: dropping its class head alone is refused with the fix, which then parses."""
-    with pytest.raises(SystemExit):
-        get_parameters(["--preset", "fmnist_32_long", "--d_ac", "false"])
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "with --d_ac false add --d_tac false" in err
-    args = get_parameters(["--preset", "fmnist_32_long", "--d_ac", "false", "--d_tac", "false"])
-    assert (args.d_ac, args.d_tac) == (False, False)
-    assert get_parameters(["--preset", "fmnist_32_long"]).d_tac is True
-
-
 def test_d_fits_the_twin_to_the_fakes_drawn_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     t = tiny_trainer("--d_ac", "true", "--d_tac", "true")
     t.d_loss_fn = lambda real, fake: (real.sum() + fake.sum()) * 0  # only the class terms move D

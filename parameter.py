@@ -497,11 +497,12 @@ def split_global_batch(args: argparse.Namespace, processes: int) -> None:
 def refuse_orphan(p: argparse.ArgumentParser, args: argparse.Namespace, given: set[str], dep: str, dep_off: str,
                   base: str, base_on: str, what: str, needs: str) -> NoReturn:
     """One error line for a setting `dep` that only means something with `base` on, while `base` is off. The advice
-    names the flag to change: `dep` itself when it was typed, else the preset that set it (the user turned
-    `base` off, so they are told how to turn `dep` off too)."""
+    names the flag to change: `dep` itself when it was typed (dropping it is enough unless the preset sets it
+    too), else the preset that set it (the user turned `base` off, so they are told how to turn `dep` off too)."""
     if dep in given:
+        undo = f"set --{dep} {dep_off}" if dep in PRESETS.get(args.preset or "", {}) else f"drop --{dep}"
         p.error(f"--{dep} {fmt_flag(vars(args)[dep])} {what}, and --{base} is {fmt_flag(vars(args)[base])}: "
-                f"add --{base} {base_on} or drop --{dep}")
+                f"add --{base} {base_on} or {undo}")
     p.error(f"--preset {args.preset} sets --{dep} {fmt_flag(vars(args)[dep])}, which {needs}: with --{base} "
             f"{fmt_flag(vars(args)[base])} add --{dep} {dep_off}")
 

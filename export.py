@@ -69,7 +69,7 @@ def scalar_metrics(record: dict) -> dict[str, float]:
 def training_command(flags: dict) -> str:
     """The main.py command line of the run: its preset and every flag whose value differs from the default
     (or from the preset's value)."""
-    from parameter import PRESETS, build_parser as main_parser
+    from parameter import PRESETS, build_parser as main_parser, flag_text
 
     parser = main_parser()
     defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
@@ -79,8 +79,7 @@ def training_command(flags: dict) -> str:
     for dest, value in flags.items():
         if dest in option and dest != "preset" and value is not None and value != defaults.get(dest) and not (
                 isinstance(value, (list, tuple)) and list(value) == list(defaults.get(dest) or [])):
-            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value).lower() if isinstance(value, bool) else str(value)
-            words += [option[dest], text or "none"]
+            words += [option[dest], flag_text(value) or "none"]
     return " ".join(words)
 
 

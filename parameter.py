@@ -499,17 +499,24 @@ def refuse_orphan(p: argparse.ArgumentParser, args: argparse.Namespace, given: s
     """One error line for a setting `dep` that only means something with `base` on, while `base` is off. The advice
     names the flag to change: `dep` itself when it was typed (dropping it is enough unless the preset sets it
     too), else the preset that set it (the user turned `base` off, so they are told how to turn `dep` off too)."""
+    dep_now, base_now = flag_text(vars(args)[dep]), flag_text(vars(args)[base])
     if dep in given:
         undo = f"set --{dep} {dep_off}" if dep in PRESETS.get(args.preset or "", {}) else f"drop --{dep}"
-        p.error(f"--{dep} {fmt_flag(vars(args)[dep])} {what}, and --{base} is {fmt_flag(vars(args)[base])}: "
-                f"add --{base} {base_on} or {undo}")
-    p.error(f"--preset {args.preset} sets --{dep} {fmt_flag(vars(args)[dep])}, which {needs}: with --{base} "
-            f"{fmt_flag(vars(args)[base])} add --{dep} {dep_off}")
+        p.error(f"--{dep} {dep_now} {what}, and --{base} is {base_now}: add --{base} {base_on} or {undo}")
+    p.error(f"--preset {args.preset} sets --{dep} {dep_now}, which {needs}: with --{base} {base_now} add --{dep} {dep_off}")
 
 
-def fmt_flag(value: object) -> str:
-    """A flag's value as it is typed on the command line."""
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+def flag_text(value: object) -> str:
+    """A flag's value as it is typed on the command line: booleans in lower case, lists joined by commas, floats
+    in the shortest form that reads back the same (0 for 0.0); '' for an empty list."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -161,9 +161,10 @@ def test_a_setting_the_preset_made_is_refused_with_the_flag_that_turns_it_off(
     assert len(err.splitlines()) == 1, err
     assert f"--preset fmnist_32_long sets --{attr} " in err and f"with {' '.join(turned_off)} add {' '.join(fix)}" in err, err
     assert str(getattr(get_parameters(preset + turned_off + fix), attr)).lower() == fix[1]
-    assert str(getattr(get_parameters(preset), attr)).lower() != fix[1]
+    preset_value = str(getattr(get_parameters(preset), attr)).lower()
+    assert preset_value != fix[1]
     with pytest.raises(SystemExit):  # typed as well as preset: dropping the flag alone would not be enough
-        get_parameters(preset + turned_off + [fix[0], str(getattr(get_parameters(preset), attr)).lower()])
+        get_parameters(preset + turned_off + [fix[0], preset_value])
     assert f"or set {' '.join(fix)}" in capsys.readouterr().err
 
 

@@ -18,14 +18,19 @@ Each figure is named with its sample count:
   covers only part of each class (mode collapse), which GAN-test does not see.
 - `fid_cls10k`: the Frechet distance (Heusel et al. 2017) between the tuning classifier's 128-d
   features of the samples and of the real training images.
+- `cls_precision10k` / `cls_recall10k`: improved precision and recall (Kynkaanniemi et al. 2019,
+  k = 3 nearest neighbours) in the tuning classifier's features against the real test images, overall
+  and per class (the samples of class c against the test images of class c). Recall falls when G draws
+  only part of a class; this is the within-class variety figure that a tuning rule may use.
 - `ind_fd10k`: the Frechet distance in the independent classifier's 128-d features between the
   samples and the real **test** images, overall and per class (samples of class c against test
   images of class c).
-- `ind_precision10k` / `ind_recall10k`: improved precision and recall (Kynkaanniemi et al. 2019,
-  k = 3 nearest neighbours) in the same features against the real test images, overall and per class.
-- For scale, every independent figure is also computed for as many real **training** images as there
-  are samples (chosen by a fixed seed) against the same test images (`real` in the result): what a
-  perfect generator would score with the same sample count, so the same estimator bias.
+- `ind_precision10k` / `ind_recall10k`: the same precision and recall in the independent classifier's
+  features, which report and choose nothing.
+- For scale, every class accuracy, precision, recall and independent figure is also computed for as
+  many real **training** images as there are samples (chosen by a fixed seed) against the same test
+  images (`real` in the result): what a perfect generator would score with the same sample count, so
+  the same estimator bias.
 These do not compare with Inception IS/FID or with numbers from other classifiers: they are for
 comparing runs of this code on the same dataset.
 
@@ -235,6 +240,32 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = PR_K, real_radii: Tens
     return covered(fake, real, radii), covered(real, fake, knn_radii(fake, k))
 
 
+@dataclass
+class RealNeighbourhoods:
+    """One classifier's features of the real test images (N, D) and their k-NN radii, overall and per
+    class: what improved precision and recall measure samples against in that classifier's space."""
+
+    feats: Tensor
+    labels: Tensor
+    radii: Tensor | None
+    radii_per_class: list[Tensor | None]
+
+    @classmethod
+    def of(cls, net: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> "RealNeighbourhoods":
+        feats = predict(net, x)[1]
+        radii = knn_radii(feats, PR_K) if len(feats) > PR_K else None
+        per = [knn_radii(feats[y == c], PR_K) if (y == c).sum() > PR_K else None for c in range(num_classes)]
+        return cls(feats, y, radii, per)
+
+    def precision_recall(self, feats: Tensor, y: Tensor) -> tuple[float, float, list[float], list[float]]:
+        """Precision and recall of sample features (M, D) with requested labels y: overall, then per
+        class (the samples of class c against the real images of class c)."""
+        p, r = precision_recall(self.feats, feats, real_radii=self.radii)
+        each = [precision_recall(self.feats[self.labels == c], feats[y == c], real_radii=self.radii_per_class[c])
+                for c in range(len(self.radii_per_class))]
+        return p, r, [e[0] for e in each], [e[1] for e in each]
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -279,6 +310,7 @@ class ClassifierEvaluator:
         self.test_acc, self.gan_train_real = float(cached["test_acc"]), float(cached["gan_train_real"])
         self.ref_mu, self.ref_sigma = cached["ref_mu"].numpy(), cached["ref_sigma"].numpy()
         self.meta = meta
+        self.cls_space = RealNeighbourhoods.of(self.net, self.test_x, self.test_y, num_classes)
         self._independent(meta)
         self._real: dict[int, dict] = {}  # sample count -> the independent figures of that many real training images
         self._train_x = None
@@ -341,28 +373,30 @@ class ClassifierEvaluator:
         self.ind.load_state_dict(cached["state_dict"])
         self.ind.eval()
         self.ind_test_acc = float(cached["test_acc"])
-        _, self.test_feats = predict(self.ind, self.test_x)
-        self.test_radii = knn_radii(self.test_feats, PR_K) if len(self.test_feats) > PR_K else None
-        self.test_radii_per_class = [knn_radii(self.test_feats[self.test_y == c], PR_K) if (self.test_y == c).sum() > PR_K else None
-                                     for c in range(self.num_classes)]
+        self.ind_space = RealNeighbourhoods.of(self.ind, self.test_x, self.test_y, self.num_classes)
 
     def independent_figures(self, x: Tensor, y: Tensor) -> dict:
         """GAN-test accuracy, FD and precision/recall of uint8 images x with labels y in the independent
         classifier's features against the real test images: overall and per class."""
         logits, feats = predict(self.ind, x)
         hit = logits.argmax(1) == y
-        out = {"ind_acc": hit.float().mean().item(), "ind_acc_per_class": per_class(hit, y, self.num_classes),
-               "ind_fd": frechet(feats, self.test_feats)}
-        out["ind_precision"], out["ind_recall"] = precision_recall(self.test_feats, feats, real_radii=self.test_radii)
-        fd, prec, rec = [], [], []
-        for c in range(self.num_classes):
-            real_c, fake_c = self.test_feats[self.test_y == c], feats[y == c]
-            fd.append(frechet(fake_c, real_c))
-            p, r = precision_recall(real_c, fake_c, real_radii=self.test_radii_per_class[c])
-            prec.append(p)
-            rec.append(r)
-        out.update(ind_fd_per_class=fd, ind_precision_per_class=prec, ind_recall_per_class=rec)
-        return out
+        real = self.ind_space.feats
+        p, r, p_each, r_each = self.ind_space.precision_recall(feats, y)
+        return {"ind_acc": hit.float().mean().item(), "ind_acc_per_class": per_class(hit, y, self.num_classes),
+                "ind_fd": frechet(feats, real),
+                "ind_fd_per_class": [frechet(feats[y == c], real[self.test_y == c]) for c in range(self.num_classes)],
+                "ind_precision": p, "ind_recall": r, "ind_precision_per_class": p_each, "ind_recall_per_class": r_each}
+
+    def tuning_figures(self, x: Tensor, y: Tensor, logits: Tensor | None = None, feats: Tensor | None = None) -> dict:
+        """GAN-test accuracy and precision/recall of uint8 images x with labels y in the tuning
+        classifier's features against the real test images: overall and per class. Recall here is the
+        within-class variety figure a tuning rule may use (the independent one chooses nothing)."""
+        if logits is None or feats is None:
+            logits, feats = predict(self.net, x)
+        hit = logits.argmax(1) == y
+        p, r, p_each, r_each = self.cls_space.precision_recall(feats, y)
+        return {"cls_acc": hit.float().mean().item(), "cls_acc_per_class": per_class(hit, y, self.num_classes),
+                "cls_precision": p, "cls_recall": r, "cls_precision_per_class": p_each, "cls_recall_per_class": r_each}
 
     def real_figures(self, n: int) -> dict:
         """The same figures for n real training images (a fixed choice), and the tuning classifier's
@@ -370,9 +404,7 @@ class ClassifierEvaluator:
         if n not in self._real:
             idx = reference_indices(len(self.dataset), n)
             x, y = stack_uint8(Subset(self.dataset, idx.tolist()))
-            out = self.independent_figures(x, y)
-            hit = predict(self.net, x)[0].argmax(1) == y
-            out.update(cls_acc=hit.float().mean().item(), cls_acc_per_class=per_class(hit, y, self.num_classes), images=len(y))
+            out = {**self.independent_figures(x, y), **self.tuning_figures(x, y), "images": len(y)}
             self._real[n] = out
         return self._real[n]
 
@@ -384,12 +416,10 @@ class ClassifierEvaluator:
             raise EvalError(f"need at least 10 samples for the classifier metric, got {n}; raise --eval_samples")
         x, y = self.samples(G, n)
         logits, feats = predict(self.net, x)
-        hit = logits.argmax(1) == y
         mu, sigma = feature_stats(feats)
         gan_train = fit(x, y, self.num_classes, self.seed + 1, self.device, f"evaluation: GAN-train classifier on {n:,} samples")
         m = {
-            "cls_acc": hit.float().mean().item(),
-            "cls_acc_per_class": per_class(hit, y, self.num_classes),
+            **self.tuning_figures(x, y, logits, feats),
             **self.independent_figures(x, y),
             "gan_train_acc": accuracy(gan_train, self.test_x, self.test_y),
             "fid_cls": fid_from_stats(mu, sigma, self.ref_mu, self.ref_sigma),
@@ -427,7 +457,8 @@ class ClassifierEvaluator:
     @staticmethod
     def scalars(m: dict) -> dict[str, float]:
         t = metric_tag(m)
-        names = ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "ind_fd", "ind_precision", "ind_recall")
+        names = ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision", "cls_recall", "ind_fd",
+                 "ind_precision", "ind_recall")
         return {f"metrics/{k}{t}": m[k] for k in names}
 
     @staticmethod
@@ -453,6 +484,10 @@ class ClassifierEvaluator:
             row(f"gan_test{t} (GAN-test: the lower of the two)", m["gan_test"], [min(a, b) for a, b in zip(m["cls_acc_per_class"], m["ind_acc_per_class"])], pct),
             row(f"cls_acc{t} (tuning classifier)", m["cls_acc"], m["cls_acc_per_class"], pct),
             row("  real training images", real["cls_acc"], real["cls_acc_per_class"], pct),
+            row(f"cls_precision{t} (tuning, k={PR_K}, vs test)", m["cls_precision"], m["cls_precision_per_class"], pct),
+            row("  real training images", real["cls_precision"], real["cls_precision_per_class"], pct),
+            row(f"cls_recall{t} (tuning, k={PR_K}, vs test)", m["cls_recall"], m["cls_recall_per_class"], pct),
+            row("  real training images", real["cls_recall"], real["cls_recall_per_class"], pct),
             row(f"ind_acc{t} (independent classifier)", m["ind_acc"], m["ind_acc_per_class"], pct),
             row("  real training images", real["ind_acc"], real["ind_acc_per_class"], pct),
             row(f"ind_fd{t} (independent features, vs test)", m["ind_fd"], m["ind_fd_per_class"], num),

@@ -113,6 +113,13 @@ class RealImagesG(nn.Module):
         return torch.stack([self.by_class[int(c)][int(k) % len(self.by_class[int(c)])] for c, k in zip(y, pick)])
 
 
+class OneImagePerClassG(RealImagesG):
+    """Collapse inside every class: each label's sample is always the same real image."""
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.by_class[int(c)][0] for c in y])
+
+
 class NoiseG(RealImagesG):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.rand(len(z), 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -136,16 +143,24 @@ def test_classifier_metric_on_real_images_and_cache(tmp_path: Path, capsys: pyte
     scale = real["real"]
     assert scale["images"] == 2000 and abs(real["ind_fd"] - scale["ind_fd"]) < 0.5 * scale["ind_fd"] + 1
     assert real["ind_recall"] > 0.5 and real["ind_precision"] > 0.5
+    assert real["cls_recall"] > 0.5 and real["cls_precision"] > 0.5 and scale["cls_recall"] > 0.5
     assert len(real["ind_fd_per_class"]) == len(real["ind_recall_per_class"]) == len(scale["ind_precision_per_class"]) == 10
+    assert len(real["cls_recall_per_class"]) == len(scale["cls_precision_per_class"]) == 10
+    # collapse inside each class: still in its class and on the real manifold, but recall in either space falls
+    one = ev(OneImagePerClassG(train, 10), 500)["metrics"]
+    assert one["cls_acc"] > 0.9 and one["cls_precision"] > 0.9
+    assert one["cls_recall"] < 0.1 and one["ind_recall"] < 0.1 and max(one["cls_recall_per_class"]) < 0.1
     noise = ev(NoiseG(train, 10), 500)["metrics"]
     assert noise["cls_acc"] < 0.5 and noise["ind_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
     assert noise["fid_cls"] > 5 * real["fid_cls"] and noise["ind_fd"] > 5 * real["ind_fd"]
-    assert noise["ind_precision"] < 0.1 and noise["ind_recall"] < 0.1
+    assert noise["ind_precision"] < 0.1 and noise["ind_recall"] < 0.1 and noise["cls_precision"] < 0.1
     assert noise["real"]["images"] == 500  # the scale is computed at the samples' own count
     assert set(ev.scalars(real)) == {f"metrics/{k}2k" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls",
-                                                                  "ind_fd", "ind_precision", "ind_recall")}
+                                                                  "cls_precision", "cls_recall", "ind_fd", "ind_precision",
+                                                                  "ind_recall")}
     table = ev.format(ev(RealImagesG(train, 10), 50))
-    for text in ("gan_test50 (GAN-test: the lower of the two)", "ind_recall50", "real training images", "Coat",
+    for text in ("gan_test50 (GAN-test: the lower of the two)", "ind_recall50", "cls_recall50 (tuning, k=3, vs test)",
+                 "real training images", "Coat",
                  "not comparable with Inception FID", "independent classifier"):
         assert text in table
     # the cache: the same data loads both; other data (one image changed) trains both again
@@ -211,14 +226,15 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
     assert main(flags) == 0
     rec = [json.loads(line) for line in (workdir / "models/fm/metrics.jsonl").read_text().splitlines()]
     assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class", "gan_test", "ind_acc",
-                                     "ind_fd_per_class", "ind_recall_per_class", "real"} <= set(rec[-1])
+                                     "ind_fd_per_class", "ind_recall_per_class", "cls_recall_per_class", "real"} <= set(rec[-1])
     assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} == {"best_cls_acc.pt", "best_fid_cls.pt"}
     assert rec[-1]["truncation"] == 1.5  # the preset samples z truncated to [-1.5, 1.5], and names its metrics so
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(workdir / "logs/fm"))
     ea.Reload()
-    assert {f"metrics/{k}40_trunc1.5" for k in ("cls_acc", "gan_train_acc", "fid_cls", "gan_test", "ind_fd", "ind_recall")} \
+    assert {f"metrics/{k}40_trunc1.5" for k in ("cls_acc", "gan_train_acc", "fid_cls", "gan_test", "ind_fd", "ind_recall",
+                                                "cls_recall")} \
         <= set(ea.Tags()["scalars"])
     evaluate = ["--train", "false", "--pretrained_model", "best_cls_acc", *flags[:2], "--data_dir", str(workdir / "fm"),
                 "--version", "fm", "--eval_samples", "40", "--eval_cache_dir", str(workdir / "cache"), "--device", "cpu"]
@@ -282,7 +298,8 @@ def test_a_truncated_evaluation_draws_truncated_z_for_the_same_labels_and_says_s
     m = results[0.5]["metrics"]
     assert m["truncation"] == 0.5 and results[0.0]["metrics"]["truncation"] == 0.0
     assert set(ev.scalars(m)) == {f"metrics/{k}30_trunc0.5" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc",
-                                                                     "fid_cls", "ind_fd", "ind_precision", "ind_recall")}
+                                                                     "fid_cls", "cls_precision", "cls_recall", "ind_fd",
+                                                                     "ind_precision", "ind_recall")}
     table = ev.format(results[0.5])
     assert "30 (uniform labels; z truncated to [-0.5, 0.5])" in table and "cls_acc30_trunc0.5 (tuning classifier)" in table
     assert "z truncated" not in ev.format(results[0.0])

@@ -80,8 +80,8 @@ def test_two_variants_two_seeds_write_the_table_plot_and_grids_and_resume(tmp_pa
     assert "2 steps, seeds [0, 1], 20 samples per evaluation" in table
     for name in ("attention 16 (SAGAN)", "residual 16"):
         row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
-        # 5 figures at the end, 4 at the best step (chosen by class accuracy, reported with the others); 2 seeds
-        assert row.count("±") == 9 and row.split("|")[-3].strip() == "2", row
+        # 7 figures at the end, 6 at the best step (chosen by class accuracy, reported with the others); 2 seeds
+        assert row.count("±") == 13 and row.split("|")[-3].strip() == "2", row
     assert "larger than the sum of the two standard deviations" in table and "Compute: 4 finished runs" in table
     assert len(list((tmp_path / "abl/cache/classifier").glob("*.pt"))) == 2  # every seed is scored by the same two classifiers
     assert "the best step is each seed's highest class accuracy (tuning classifier), reported with the other figures" in table

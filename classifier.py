@@ -312,7 +312,7 @@ class ClassifierEvaluator:
         self.meta = meta
         self.cls_space = RealNeighbourhoods.of(self.net, self.test_x, self.test_y, num_classes)
         self._independent(meta)
-        self._real: dict[int, dict] = {}  # sample count -> the independent figures of that many real training images
+        self._real: dict[int, dict] = {}  # sample count -> every figure of that many real training images
         self._train_x = None
 
     @staticmethod
@@ -399,8 +399,8 @@ class ClassifierEvaluator:
                 "cls_precision": p, "cls_recall": r, "cls_precision_per_class": p_each, "cls_recall_per_class": r_each}
 
     def real_figures(self, n: int) -> dict:
-        """The same figures for n real training images (a fixed choice), and the tuning classifier's
-        GAN-test on them: the scale every sample figure is read against."""
+        """Both classifiers' figures for n real training images (a fixed choice): the scale every sample
+        figure is read against."""
         if n not in self._real:
             idx = reference_indices(len(self.dataset), n)
             x, y = stack_uint8(Subset(self.dataset, idx.tolist()))

@@ -246,23 +246,23 @@ class RealNeighbourhoods:
     class: what improved precision and recall measure samples against in that classifier's space."""
 
     feats: Tensor
-    labels: Tensor
     radii: Tensor | None
-    radii_per_class: list[Tensor | None]
+    class_feats: list[Tensor]  # the rows of class c
+    class_radii: list[Tensor | None]
 
     @classmethod
     def of(cls, net: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> "RealNeighbourhoods":
         feats = predict(net, x)[1]
-        radii = knn_radii(feats, PR_K) if len(feats) > PR_K else None
-        per = [knn_radii(feats[y == c], PR_K) if (y == c).sum() > PR_K else None for c in range(num_classes)]
-        return cls(feats, y, radii, per)
+        each = [feats[y == c] for c in range(num_classes)]
+        radii = [knn_radii(f, PR_K) if len(f) > PR_K else None for f in (feats, *each)]  # None: too few to measure
+        return cls(feats, radii[0], each, radii[1:])
 
     def precision_recall(self, feats: Tensor, y: Tensor) -> tuple[float, float, list[float], list[float]]:
         """Precision and recall of sample features (M, D) with requested labels y: overall, then per
         class (the samples of class c against the real images of class c)."""
         p, r = precision_recall(self.feats, feats, real_radii=self.radii)
-        each = [precision_recall(self.feats[self.labels == c], feats[y == c], real_radii=self.radii_per_class[c])
-                for c in range(len(self.radii_per_class))]
+        each = [precision_recall(real, feats[y == c], real_radii=radii)
+                for c, (real, radii) in enumerate(zip(self.class_feats, self.class_radii))]
         return p, r, [e[0] for e in each], [e[1] for e in each]
 
 
@@ -380,19 +380,17 @@ class ClassifierEvaluator:
         classifier's features against the real test images: overall and per class."""
         logits, feats = predict(self.ind, x)
         hit = logits.argmax(1) == y
-        real = self.ind_space.feats
-        p, r, p_each, r_each = self.ind_space.precision_recall(feats, y)
+        space = self.ind_space
+        p, r, p_each, r_each = space.precision_recall(feats, y)
         return {"ind_acc": hit.float().mean().item(), "ind_acc_per_class": per_class(hit, y, self.num_classes),
-                "ind_fd": frechet(feats, real),
-                "ind_fd_per_class": [frechet(feats[y == c], real[self.test_y == c]) for c in range(self.num_classes)],
+                "ind_fd": frechet(feats, space.feats),
+                "ind_fd_per_class": [frechet(feats[y == c], real) for c, real in enumerate(space.class_feats)],
                 "ind_precision": p, "ind_recall": r, "ind_precision_per_class": p_each, "ind_recall_per_class": r_each}
 
-    def tuning_figures(self, x: Tensor, y: Tensor, logits: Tensor | None = None, feats: Tensor | None = None) -> dict:
-        """GAN-test accuracy and precision/recall of uint8 images x with labels y in the tuning
-        classifier's features against the real test images: overall and per class. Recall here is the
-        within-class variety figure a tuning rule may use (the independent one chooses nothing)."""
-        if logits is None or feats is None:
-            logits, feats = predict(self.net, x)
+    def tuning_figures(self, logits: Tensor, feats: Tensor, y: Tensor) -> dict:
+        """GAN-test accuracy and precision/recall, from the tuning classifier's logits and features of images
+        with labels y, against the real test images: overall and per class. Recall here is the within-class
+        variety figure a tuning rule may use (the independent one chooses nothing)."""
         hit = logits.argmax(1) == y
         p, r, p_each, r_each = self.cls_space.precision_recall(feats, y)
         return {"cls_acc": hit.float().mean().item(), "cls_acc_per_class": per_class(hit, y, self.num_classes),
@@ -404,7 +402,7 @@ class ClassifierEvaluator:
         if n not in self._real:
             idx = reference_indices(len(self.dataset), n)
             x, y = stack_uint8(Subset(self.dataset, idx.tolist()))
-            out = {**self.independent_figures(x, y), **self.tuning_figures(x, y), "images": len(y)}
+            out = {**self.independent_figures(x, y), **self.tuning_figures(*predict(self.net, x), y), "images": len(y)}
             self._real[n] = out
         return self._real[n]
 
@@ -419,7 +417,7 @@ class ClassifierEvaluator:
         mu, sigma = feature_stats(feats)
         gan_train = fit(x, y, self.num_classes, self.seed + 1, self.device, f"evaluation: GAN-train classifier on {n:,} samples")
         m = {
-            **self.tuning_figures(x, y, logits, feats),
+            **self.tuning_figures(logits, feats, y),
             **self.independent_figures(x, y),
             "gan_train_acc": accuracy(gan_train, self.test_x, self.test_y),
             "fid_cls": fid_from_stats(mu, sigma, self.ref_mu, self.ref_sigma),

@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ac_weight", type=non_negative_float, default=1.0, metavar="W",
                    help="with --d_ac: W x the cross-entropy of D's class head on real images joins D's loss, and on G's "
                         "fakes against their labels G's loss (StudioGAN's ACGAN weight: 1)")
+    t.add_argument("--ac_g_weight", type=non_negative_float, default=None, metavar="W",
+                   help="with --d_ac: the class head's weight in G's loss alone, where D's keeps --ac_weight (not in ACGAN; "
+                        "default: --ac_weight)")
     t.add_argument("--tac_weight", type=non_negative_float, default=1.0, metavar="W",
                    help="with --d_tac: W x the twin head's cross-entropy on fakes joins D's loss and is subtracted from "
                         "G's (TAC-GAN and StudioGAN: 1)")
@@ -546,6 +549,11 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_ac and "ac_weight" in given:
         p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
                 "drop --ac_weight")
+    if not args.d_ac and "ac_g_weight" in given:
+        p.error("--ac_g_weight weighs the class loss of D's auxiliary classifier head in G's loss, and the head is off: add "
+                "--d_ac true or drop --ac_g_weight")
+    if args.ac_g_weight is None:
+        args.ac_g_weight = args.ac_weight
     if not args.d_tac and "tac_weight" in given:
         p.error("--tac_weight weighs the twin classifier head's terms, which is off: add --d_tac true or drop --tac_weight")
     if args.d_tac and not args.d_ac:

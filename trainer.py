@@ -24,7 +24,8 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   cross-entropy of the head's class logits joins both losses, on real images for D and on fakes against
   their drawn labels for G (`ac_loss`). Deliberate deviation from ACGAN (Odena et al. 2017, Eq. 3), whose
   D also learns to classify fakes: D's head learns the real classes only, so G is steered toward what real
-  images of its label look like (the fakes' term, as in ACGAN, is G's alone).
+  images of its label look like (the fakes' term, as in ACGAN, is G's alone). `--ac_g_weight W` (not in ACGAN;
+  default: `--ac_weight`) weighs G's term alone, so the head can stay as sharp in D while its pull on G weakens.
 - `--d_tac` (with the head; off by default, not in the paper): TAC-GAN's twin classifier (Gong et al., NeurIPS
   2019, as StudioGAN's TACGAN computes it, its two twin weights one flag). A second head of D learns the
   fakes' drawn labels (`--tac_weight W` times `loss/tac_d`, in D's loss), and G's loss subtracts W times that
@@ -131,6 +132,7 @@ class TrainOptions:
     ms_weight: float
     ms_space: str
     ac_weight: float
+    ac_g_weight: float
     tac_weight: float
     cr_weight: float
     cr_fake_weight: float
@@ -806,7 +808,7 @@ class Trainer:
                 parts = {"loss/g": loss}
                 if cls_fake is not None:
                     parts["loss/ac_g"] = ac_loss(cls_fake, y_fake)
-                    loss = loss + self.opts.ac_weight * parts["loss/ac_g"]
+                    loss = loss + self.opts.ac_g_weight * parts["loss/ac_g"]
                 if twin_fake is not None:
                     parts["loss/tac_g"] = ac_loss(twin_fake, y_fake)
                     loss = loss - self.opts.tac_weight * parts["loss/tac_g"]

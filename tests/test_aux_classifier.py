@@ -1,4 +1,4 @@
-"""D's auxiliary classifier head (ModelConfig.d_ac, --d_ac, --ac_weight; ACGAN, Odena et al. 2017): its shape and
+"""D's auxiliary classifier head (ModelConfig.d_ac, --d_ac, --ac_weight, --ac_g_weight; ACGAN, Odena et al. 2017): its shape and
 validation, that it leaves the logit untouched, that it learns real classes, and how each update adds its term."""
 
 from __future__ import annotations
@@ -88,6 +88,26 @@ def test_the_term_alone_moves_d_and_g(weight: str, moves: bool) -> None:
     assert not {k for k in d_moved if k.startswith("embed.") or k.startswith("head.")}  # the logit's own layers: no gradient
     g_moved = any(not torch.equal(g_before[k], v) for k, v in t.G.named_parameters())
     assert g_moved == moves
+
+
+@pytest.mark.parametrize("d_weight,g_weight", [("1", "0"), ("0", "1")])
+def test_g_weight_moves_g_alone_and_ac_weight_d_alone(d_weight: str, g_weight: str) -> None:
+    """--ac_g_weight weighs the term in G's loss only; --ac_weight then weighs it in D's only."""
+    t = tiny_trainer("--d_ac", "true", "--ac_weight", d_weight, "--ac_g_weight", g_weight)
+    assert (t.opts.ac_weight, t.opts.ac_g_weight) == (float(d_weight), float(g_weight))
+    t.d_loss_fn = lambda real, fake: (real.sum() + fake.sum()) * 0
+    t.g_loss_fn = lambda fake: fake.sum() * 0
+    d_before = {k: v.clone() for k, v in t.D.named_parameters()}
+    g_before = {k: v.clone() for k, v in t.G.named_parameters()}
+    t.d_step(_reals())
+    d_moved = any(not torch.equal(d_before[k], v) for k, v in t.D.named_parameters())
+    t.g_step()
+    g_moved = any(not torch.equal(g_before[k], v) for k, v in t.G.named_parameters())
+    assert (d_moved, g_moved) == (d_weight == "1", g_weight == "1")
+
+
+def test_g_weight_defaults_to_ac_weight() -> None:
+    assert tiny_trainer("--d_ac", "true", "--ac_weight", "0.3").opts.ac_g_weight == 0.3
 
 
 def test_g_term_scores_fakes_against_their_drawn_labels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -337,6 +337,7 @@ def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
         (["--ms_space", "d"], "--ms_space d sets where --ms_weight's term measures distance, and --ms_weight is 0"),
         (["--num_classes", "0", "--d_ac", "true"], "d_ac classifies images into the dataset's classes; use it with a labelled"),
         (["--ac_weight", "0.5"], "--ac_weight weighs the class loss of D's auxiliary classifier head, which is off"),
+        (["--ac_g_weight", "0.5"], "--ac_g_weight weighs the class loss of D's auxiliary classifier head in G's loss"),
         (["--truncation", "-1"], "argument --truncation: expected a number >= 0, got '-1'"),
     ],
 )

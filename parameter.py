@@ -552,8 +552,6 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.d_ac and "ac_g_weight" in given:
         p.error("--ac_g_weight weighs the class loss of D's auxiliary classifier head in G's loss, and the head is off: add "
                 "--d_ac true or drop --ac_g_weight")
-    if args.ac_g_weight is None:
-        args.ac_g_weight = args.ac_weight
     if not args.d_tac and "tac_weight" in given:
         p.error("--tac_weight weighs the twin classifier head's terms, which is off: add --d_tac true or drop --tac_weight")
     if args.d_tac and not args.d_ac:
@@ -595,5 +593,9 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:
-    """The Trainer's options: the flags of the same names, and all flags as parsed (saved with every checkpoint)."""
-    return TrainOptions(**{f.name: vars(args)[f.name] for f in fields(TrainOptions) if f.name != "flags"}, flags=dict(vars(args)))
+    """The Trainer's options: the flags of the same names (--ac_g_weight, unset, is --ac_weight), and all flags as
+    parsed (saved with every checkpoint)."""
+    given = {f.name: vars(args)[f.name] for f in fields(TrainOptions) if f.name != "flags"}
+    if given["ac_g_weight"] is None:
+        given["ac_g_weight"] = args.ac_weight
+    return TrainOptions(**given, flags=dict(vars(args)))

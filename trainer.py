@@ -25,7 +25,7 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   their drawn labels for G (`ac_loss`). Deliberate deviation from ACGAN (Odena et al. 2017, Eq. 3), whose
   D also learns to classify fakes: D's head learns the real classes only, so G is steered toward what real
   images of its label look like (the fakes' term, as in ACGAN, is G's alone). `--ac_g_weight W` (not in ACGAN;
-  default: `--ac_weight`) weighs G's term alone, so the head can stay as sharp in D while its pull on G weakens.
+  default: `--ac_weight`) weighs G's term alone, so D's head can learn at one weight while it pulls G at another.
 - `--d_tac` (with the head; off by default, not in the paper): TAC-GAN's twin classifier (Gong et al., NeurIPS
   2019, as StudioGAN's TACGAN computes it, its two twin weights one flag). A second head of D learns the
   fakes' drawn labels (`--tac_weight W` times `loss/tac_d`, in D's loss), and G's loss subtracts W times that

@@ -1,5 +1,6 @@
-"""D's auxiliary classifier head (ModelConfig.d_ac, --d_ac, --ac_weight, --ac_g_weight; ACGAN, Odena et al. 2017): its shape and
-validation, that it leaves the logit untouched, that it learns real classes, and how each update adds its term."""
+"""D's auxiliary classifier head (ModelConfig.d_ac, --d_ac, --ac_weight, --ac_g_weight; ACGAN, Odena et al. 2017): its
+shape and validation, that it leaves the logit untouched, that it learns real classes, and how each update adds its
+term."""
 
 from __future__ import annotations
 

@@ -546,12 +546,10 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.parallel and args.amp != "off":
         p.error(f"--amp {args.amp} with --parallel: DataParallel's replicas would run in fp16 with no gradient scaler; for "
                 f"several GPUs use torchrun --nproc_per_node N main.py ... --amp {args.amp} (docs/training.md, 'Many GPUs')")
-    if not args.d_ac and "ac_weight" in given:
-        p.error("--ac_weight weighs the class loss of D's auxiliary classifier head, which is off: add --d_ac true or "
-                "drop --ac_weight")
-    if not args.d_ac and "ac_g_weight" in given:
-        p.error("--ac_g_weight weighs the class loss of D's auxiliary classifier head in G's loss, and the head is off: add "
-                "--d_ac true or drop --ac_g_weight")
+    for flag, where in (("ac_weight", ""), ("ac_g_weight", " in G's loss")):
+        if not args.d_ac and flag in given:
+            p.error(f"--{flag} weighs the class loss of D's auxiliary classifier head{where}, which is off: add --d_ac true "
+                    f"or drop --{flag}")
     if not args.d_tac and "tac_weight" in given:
         p.error("--tac_weight weighs the twin classifier head's terms, which is off: add --d_tac true or drop --tac_weight")
     if args.d_tac and not args.d_ac:

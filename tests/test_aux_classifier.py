@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, check_same_model
 from sagan_models import Discriminator, ModelConfig
-from trainer import ac_loss
+from trainer import Trainer, ac_loss
 from test_train import tiny_trainer
 
 
@@ -74,9 +74,10 @@ def _reals(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.rand(n, 3, 32, 32) * 2 - 1, torch.randint(0, 4, (n,)))]
 
 
-def _class_term_steps(*flags: str) -> tuple[dict, set[str], dict, bool]:
+def _class_term_steps(*flags: str) -> tuple[Trainer, dict, set[str], dict, bool]:
     """One D and one G update of a tiny trainer with D's head and no adversarial gradient, so only the class
-    terms move anything: D's logs, the names of D's parameters that moved, G's logs, and whether G moved."""
+    terms move anything: the trainer, D's logs, the names of D's parameters that moved, G's logs, and whether G
+    moved."""
     t = tiny_trainer("--d_ac", "true", *flags)
     t.d_loss_fn = lambda real, fake: (real.sum() + fake.sum()) * 0
     t.g_loss_fn = lambda fake: fake.sum() * 0
@@ -85,12 +86,12 @@ def _class_term_steps(*flags: str) -> tuple[dict, set[str], dict, bool]:
     d_logs = t.d_step(_reals())
     d_moved = {k for k, v in t.D.named_parameters() if not torch.equal(d_before[k], v)}
     g_logs = t.g_step()
-    return d_logs, d_moved, g_logs, any(not torch.equal(g_before[k], v) for k, v in t.G.named_parameters())
+    return t, d_logs, d_moved, g_logs, any(not torch.equal(g_before[k], v) for k, v in t.G.named_parameters())
 
 
 @pytest.mark.parametrize("weight,moves", [("0", False), ("1", True)])
 def test_the_term_alone_moves_d_and_g(weight: str, moves: bool) -> None:
-    d_logs, d_moved, g_logs, g_moved = _class_term_steps("--ac_weight", weight)
+    _, d_logs, d_moved, g_logs, g_moved = _class_term_steps("--ac_weight", weight)
     assert d_logs["loss/ac_d"].item() > 0 and g_logs["loss/ac_g"].item() > 0
     assert bool(d_moved) == moves and ("ac.parametrizations.weight.original" in d_moved) == moves
     assert not {k for k in d_moved if k.startswith("embed.") or k.startswith("head.")}  # the logit's own layers: no gradient
@@ -100,9 +101,8 @@ def test_the_term_alone_moves_d_and_g(weight: str, moves: bool) -> None:
 @pytest.mark.parametrize("d_weight,g_weight", [("1", "0"), ("0", "1")])
 def test_g_weight_moves_g_alone_and_ac_weight_d_alone(d_weight: str, g_weight: str) -> None:
     """--ac_g_weight weighs the term in G's loss only; --ac_weight then weighs it in D's only."""
-    t = tiny_trainer("--d_ac", "true", "--ac_weight", d_weight, "--ac_g_weight", g_weight)
+    t, _, d_moved, _, g_moved = _class_term_steps("--ac_weight", d_weight, "--ac_g_weight", g_weight)
     assert (t.opts.ac_weight, t.opts.ac_g_weight) == (float(d_weight), float(g_weight))
-    _, d_moved, _, g_moved = _class_term_steps("--ac_weight", d_weight, "--ac_g_weight", g_weight)
     assert (bool(d_moved), g_moved) == (d_weight == "1", g_weight == "1")
 
 

@@ -145,6 +145,8 @@ def flag_problems(src: Foreign, args: Namespace) -> list[str]:
     if src.format == "heykeetae" and (args.sn_layers != "port" or args.convt_sn_dim != 0):
         out.append("heykeetae's spectral norm covers l1-l4 only and reshapes ConvTranspose weights as (in, out*k*k): "
                    "add --sn_layers port --convt_sn_dim 0 (the sagan_celeb_64 preset sets both)")
+    if args.d_pack > 1:
+        out.append(f"{src.format}'s D judges one image at a time, and --d_pack {args.d_pack} builds a D for packs: drop --d_pack")
     return out
 
 

@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--d_mbstd", type=non_negative, default=0, metavar="GROUP",
                    help="resnet: a minibatch-standard-deviation feature map (ProGAN/StyleGAN2) over groups of GROUP images "
                         "before D's last block (not in SAGAN; 0: off)")
+    a.add_argument("--d_pack", type=positive, default=1, metavar="M",
+                   help="PacGAN: D judges packs of M images of one label stacked on channels, one logit per pack (not in "
+                        "SAGAN; 1: one image, as SAGAN)")
     a.add_argument("--g_shared_dim", type=non_negative, default=0, metavar="DIM",
                    help="resnet, labelled data: one shared class embedding of DIM that bias-free linear layers map to each "
                         "conditional BN's gain and bias (BigGAN; 0: a class table per BN, as SAGAN)")
@@ -560,6 +563,10 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       "sets where --ms_weight's term measures distance", "needs MSGAN's term on")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
+    if args.d_pack > 1 and args.batch_size % (args.d_pack * (2 if args.ms_weight else 1)):
+        halves = " halves of" if args.ms_weight else ""
+        p.error(f"--d_pack {args.d_pack} packs the{halves} G batch in groups of {args.d_pack}, so --batch_size must be a multiple "
+                f"of {args.d_pack * (2 if args.ms_weight else 1)}, got {args.batch_size}")
     if args.drs and args.eval_dir:
         p.error(f"--drs {args.drs:g} keeps or rejects a checkpoint's samples by its D; a folder of images (--eval_dir) has no D: "
                 f"drop one of the two")

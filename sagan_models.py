@@ -98,6 +98,13 @@ ACGAN's (Odena et al. 2017, Eq. 2-3): a spectrally normalised linear layer from 
 `d_tac` (with `d_ac`; not in SAGAN) adds TAC-GAN's twin head (Gong et al., NeurIPS 2019; StudioGAN's
 `linear_mi`): a second spectrally normalised linear layer of the same shape, which the trainer fits to the
 fakes' labels and G plays against.
+
+`d_pack` > 1, off by default and not in SAGAN: PacGAN's packing (Lin et al., NeurIPS 2018, section 3). D
+judges packs of `d_pack` images stacked on the channel axis (`pack_images`), so its first block takes
+3 * d_pack channels and it gives one logit per pack. A conditional D's pack holds images of one label
+(`pack_order`), which is that pack's label for the projection and the class heads: D sees two images of
+one class side by side, and a pair of look-alikes is evidence of fakes. PacGAN packs unconditional
+samples; packing by label is our reading of it for a class-conditional D.
 """
 
 from __future__ import annotations
@@ -178,6 +185,7 @@ class ModelConfig:
     g_hier: bool = False  # resnet, with g_shared_dim: z split into one chunk for the head and one per G block (BigGAN)
     d_ac: bool = False  # an auxiliary classifier head in D beside the projection (ACGAN): class logits (B, num_classes)
     d_tac: bool = False  # with d_ac: TAC-GAN's twin head, class logits of fakes (B, num_classes)
+    d_pack: int = 1  # PacGAN: images per D input, stacked on channels (pack_images); 1: one image, as SAGAN
 
     def resolved(self) -> ModelConfig:
         """This config with the per-size default attention filled in and everything validated."""
@@ -220,6 +228,8 @@ class ModelConfig:
             raise ValueError("d_ac classifies images into the dataset's classes; use it with a labelled dataset")
         if self.d_tac and not self.d_ac:
             raise ValueError("d_tac is the twin of D's auxiliary classifier head; set d_ac as well")
+        if self.d_pack < 1:
+            raise ValueError(f"d_pack is the number of images D judges together, at least 1 (1: one, as SAGAN), got {self.d_pack}")
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = plain SAGAN), got {self.span}")
         for name in ("z_dim", "g_conv_dim", "d_conv_dim"):
@@ -679,6 +689,25 @@ def _run(blocks: nn.ModuleList, h: Tensor, ys: Sequence[Tensor | None] | None, a
     return h
 
 
+def pack_order(y: Tensor | None, batch: int, m: int) -> Tensor:
+    """Indices (n,) that arrange a batch into consecutive packs of m images of one label (PacGAN by class),
+    dropping each label's last batch-count % m images; without labels, the first batch - batch % m images in order."""
+    device = y.device if y is not None else None
+    if y is None:
+        return torch.arange(batch - batch % m, device=device)
+    order = torch.argsort(y, stable=True)  # (B,): labels ascending
+    ys = y[order]
+    counts = torch.bincount(ys)  # (K',)
+    rank = torch.arange(batch, device=device) - (torch.cumsum(counts, 0) - counts)[ys]  # place within its label
+    return order[rank < (counts // m * m)[ys]]
+
+
+def pack_images(x: Tensor, m: int) -> Tensor:
+    """PacGAN's D input: each m consecutive images stacked on channels, (B, C, H, W) -> (B/m, m*C, H, W)."""
+    B, C, H, W = x.shape
+    return x.reshape(B // m, m * C, H, W)
+
+
 def _check_labels(num_classes: int, y: Tensor | None, batch: int) -> None:
     if num_classes > 0 and y is None:
         raise ValueError(f"this model is class-conditional ({num_classes} classes): pass labels y")
@@ -781,7 +810,7 @@ class Discriminator(nn.Module):
                 pending.discard(res)
                 self.blocks.append(attention_block(ch, cfg, edge_sn))
 
-        res, cin = cfg.imsize, 3
+        res, cin = cfg.imsize, 3 * cfg.d_pack
         if cfg.arch == "resnet":
             table = RESNET_D[cfg.imsize]
             for i, (mult, down) in enumerate(table):
@@ -816,6 +845,9 @@ class Discriminator(nn.Module):
         return_twin (d_tac) the twin head's (B, num_classes), then return_features the pooled features h
         (B, C), then return_attn the attention maps."""
         _check_labels(self.cfg.num_classes, y, x.shape[0])
+        if x.shape[1] != 3 * self.cfg.d_pack:
+            raise ValueError(f"this D judges packs of {self.cfg.d_pack} RGB images stacked on channels (d_pack; "
+                             f"pack_images), so it takes {3 * self.cfg.d_pack} channels, got {x.shape[1]}")
         if return_cls and not self.cfg.d_ac:
             raise ValueError("return_cls needs the auxiliary classifier head: build D with d_ac")
         if return_twin and not self.cfg.d_tac:

@@ -32,6 +32,11 @@ One iteration (= one "step", counted in generator updates as in the paper and th
   head's cross-entropy on its fakes (`loss/tac_g`): G is pushed toward its label by the first head and away from
   fakes that are easy to tell apart by the twin, which cancels ACGAN's pull toward the few most easily
   classified images of each class.
+- `--d_pack M` (off by default, not in the paper): PacGAN (Lin et al., NeurIPS 2018), packed by label. D's
+  update arranges the real batch into packs of M images of one label (sagan_models.pack_order; each label's
+  remainder is left out of that update) and draws as many packs of fakes, M of one drawn label each; G's
+  update draws its batch as packs too. D judges each pack once, on its label, and every loss term (the class
+  heads and MSGAN's term in D's features included) is per pack, not per image.
 Fake labels are drawn uniformly. Losses are small pure functions below (hinge is the paper's).
 
 Scale (`--accum K`, torchrun, `--ema`): each optimizer step sums K micro-batches of `--batch_size`
@@ -88,7 +93,8 @@ from distributed import DistEnv
 from durable import write_json
 from metrics import MetricsLog, private_rng
 from progress import duration
-from sagan_models import Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, set_attention_backend, standing_stats
+from sagan_models import (Discriminator, Generator, ModelConfig, ResidualControl, SelfAttention, pack_images, pack_order,
+                          set_attention_backend, standing_stats)
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -543,6 +549,10 @@ class Trainer:
             raise ValueError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); drop it on the CPU")
         seed_everything(opts.seed)
         self.cfg = cfg.resolved()
+        m, classes = self.cfg.d_pack, self.cfg.num_classes
+        if m > 1 and classes and opts.batch_size <= classes * (m - 1):
+            raise ValueError(f"--d_pack {m} packs {m} real images of one class from each batch of {opts.batch_size}, which may "
+                             f"hold none among {classes} classes: use --batch_size {classes * (m - 1) + 1} or more")
         self.G = Generator(self.cfg).to(self.device)
         self.D = Discriminator(self.cfg).to(self.device)
         if opts.sync_bn and self.dist.enabled:
@@ -704,9 +714,11 @@ class Trainer:
 
     def generate(self, n: int, paired: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
         """n fakes from the training-mode G, their labels (uniform) and their z. paired (--ms_weight): the two
-        halves of the batch share their labels and differ in z."""
-        k = n // 2 if paired else n
-        y = torch.randint(0, self.cfg.num_classes, (k,), device=self.device) if self.cfg.num_classes else None
+        halves of the batch share their labels and differ in z. With --d_pack M, each M consecutive fakes share
+        one label (a pack)."""
+        k, m = (n // 2 if paired else n), self.cfg.d_pack
+        y = torch.randint(0, self.cfg.num_classes, (k // m,), device=self.device) if self.cfg.num_classes else None
+        y = y.repeat_interleave(m) if y is not None and m > 1 else y  # (k,)
         y_fake = torch.cat([y, y]) if paired and y is not None else y  # (B,); paired: y_i = y_{i + B/2}
         z = torch.randn(n, self.cfg.z_dim, device=self.device)  # (B, Z)
         return self.w.g_train(z, y_fake), y_fake, z
@@ -716,6 +728,14 @@ class Trainer:
         with torch.no_grad(), self.autocast():
             fake, y_fake, _ = self.generate(n)
         return fake, y_fake
+
+    def pack(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """D's input from images in packs of d_pack consecutive ones of one label (PacGAN): (B/M, M*C, H, W) and each
+        pack's label (B/M,); the images and labels as they are when d_pack is 1."""
+        m = self.cfg.d_pack
+        if m == 1:
+            return x, y
+        return pack_images(x, m).contiguous(memory_format=self.memory_format), (y[::m] if y is not None else None)
 
     def augment(self, x: Tensor) -> Tensor:
         """DiffAugment (--diffaug; augment.py) of a batch D is about to see, real or fake; the identity when off."""
@@ -746,12 +766,16 @@ class Trainer:
         k, out = len(reals), {}
         for i, ctx in micro_batches(k, self.w.ddp_d):
             x, y = reals[i]
+            if self.cfg.d_pack > 1:
+                keep = pack_order(y if self.cfg.num_classes else None, x.shape[0], self.cfg.d_pack)  # (n,)
+                x, y = x[keep], y[keep]
             if self.opts.flip:
                 x = augment.random_flip(x)
             x = self.augment(x).contiguous(memory_format=self.memory_format)
             y_real = y if self.cfg.num_classes else None
             fake, y_fake = self.fakes(x.shape[0])
-            fake = self.augment(fake)
+            x, y_real = self.pack(x, y_real)  # (P, M*C, H, W), (P,): the identity when --d_pack is 1
+            fake, y_fake = self.pack(self.augment(fake), y_fake)
             with ctx:
                 with self.autocast():
                     d_real, cls_real, _, _ = self.judge(self.w.d_train, x, y_real)
@@ -802,7 +826,8 @@ class Trainer:
             with ctx:
                 with self.autocast():
                     fake, y_fake, z = self.generate(self.opts.batch_size, paired=bool(self.opts.ms_weight))
-                    d_fake, cls_fake, twin_fake, h_fake = self.judge(self.w.d_frozen, self.augment(fake), y_fake,
+                    packed, y_fake = self.pack(self.augment(fake), y_fake)
+                    d_fake, cls_fake, twin_fake, h_fake = self.judge(self.w.d_frozen, packed, y_fake,
                                                                      features=in_d, twin=self.cfg.d_tac)
                 loss = self.g_loss_fn(d_fake)
                 parts = {"loss/g": loss}
@@ -813,7 +838,8 @@ class Trainer:
                     parts["loss/tac_g"] = ac_loss(twin_fake, y_fake)
                     loss = loss - self.opts.tac_weight * parts["loss/tac_g"]
                 if self.opts.ms_weight:
-                    parts["loss/ms"] = mode_seeking(unit_rms(h_fake) if in_d else fake, z)
+                    z_d = z.reshape(h_fake.shape[0], -1) if in_d else z  # with --d_pack M, a pack's z: (B/M, M*Z)
+                    parts["loss/ms"] = mode_seeking(unit_rms(h_fake) if in_d else fake, z_d)
                     loss = loss + self.opts.ms_weight * parts["loss/ms"]
                 self.scaler.scale(loss / k).backward()
             for name, v in parts.items():

@@ -285,8 +285,10 @@ def train_in(args: Namespace, env: distributed.DistEnv, device: torch.device, sa
         say(f"training {args.version}: {args.dataset} ({len(dataset)} images, {cfg.num_classes} classes), "
             f"{cfg.arch} {cfg.imsize} px, G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
             f"attention G@{list(cfg.g_attn)} D@{list(cfg.d_attn)}, {device}", flush=True)
+        labelled = " of one label; each label's remainder sits the update out" if cfg.num_classes else ""
+        packed = f" (D judges them in packs of {cfg.d_pack}{labelled})" if cfg.d_pack > 1 else ""
         say(f"batch: {args.batch_size} per process x {args.accum} micro-batches x {env.world} processes "
-            f"= {trainer.global_batch} images per D update; workers {loader.num_workers}"
+            f"= {trainer.global_batch} images per D update{packed}; workers {loader.num_workers}"
             f"{' (auto)' if args.num_workers is None else ''} per process", flush=True)
         if device.type == "cpu" and args.amp == "bf16" and not cpu_bf16_units():
             say("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so --amp bf16 is emulated and slower "

@@ -689,16 +689,13 @@ def _run(blocks: nn.ModuleList, h: Tensor, ys: Sequence[Tensor | None] | None, a
     return h
 
 
-def pack_order(y: Tensor | None, batch: int, m: int) -> Tensor:
-    """Indices (n,) that arrange a batch into consecutive packs of m images of one label (PacGAN by class),
-    dropping each label's last batch-count % m images; without labels, the first batch - batch % m images in order."""
-    device = y.device if y is not None else None
-    if y is None:
-        return torch.arange(batch - batch % m, device=device)
+def pack_order(y: Tensor, m: int) -> Tensor:
+    """Indices (n,) that arrange a labelled batch into consecutive packs of m images of one label (PacGAN by
+    class). A label with c images gives c // m packs; its other c % m images are left out."""
     order = torch.argsort(y, stable=True)  # (B,): labels ascending
     ys = y[order]
     counts = torch.bincount(ys)  # (K',)
-    rank = torch.arange(batch, device=device) - (torch.cumsum(counts, 0) - counts)[ys]  # place within its label
+    rank = torch.arange(len(y), device=y.device) - (torch.cumsum(counts, 0) - counts)[ys]  # place within its label
     return order[rank < (counts // m * m)[ys]]
 
 

@@ -766,8 +766,9 @@ class Trainer:
         k, out = len(reals), {}
         for i, ctx in micro_batches(k, self.w.ddp_d):
             x, y = reals[i]
-            if self.cfg.d_pack > 1:
-                keep = pack_order(y if self.cfg.num_classes else None, x.shape[0], self.cfg.d_pack)  # (n,)
+            m = self.cfg.d_pack
+            if m > 1:  # whole packs only: of one label each when labelled
+                keep = pack_order(y, m) if self.cfg.num_classes else torch.arange(len(x) - len(x) % m, device=x.device)
                 x, y = x[keep], y[keep]
             if self.opts.flip:
                 x = augment.random_flip(x)

@@ -10,23 +10,23 @@ import torch
 
 from checkpoints import check_same_model
 from convert import flag_problems
-from parameter import get_parameters
+from parameter import get_parameters, model_config, train_options
 from sagan_models import Discriminator, ModelConfig, pack_images, pack_order
 from test_aux_classifier import _cfg, _reals
 from test_fmnist import fake_fmnist, tiny_run_flags
-from test_train import tiny_trainer
+from test_train import TINY, tiny_trainer
+from trainer import Trainer
 
 
 def test_pack_order_groups_each_label_and_drops_its_remainder() -> None:
     y = torch.tensor([3, 1, 3, 0, 1, 1, 3, 2, 3, 1])
     for m in (2, 3):
-        keep = pack_order(y, len(y), m)
+        keep = pack_order(y, m)
         packs = y[keep].reshape(-1, m)
         assert (packs == packs[:, :1]).all()  # one label per pack
         assert len(set(keep.tolist())) == len(keep)  # no image twice
         for c in range(4):
             assert (y[keep] == c).sum() == (y == c).sum() // m * m  # every full pack of each label, none of the rest
-    assert torch.equal(pack_order(None, 7, 2), torch.arange(6))  # unlabelled: the first 6 in order
 
 
 def test_pack_images_stacks_consecutive_images_on_channels() -> None:
@@ -134,3 +134,14 @@ def test_a_packed_run_trains_and_refuses_single_image_judgements(workdir: Path, 
         assert main(["--train", "false", *base, *flag]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"drop {flag[0]}" in err and "packs of 2" in err
+
+
+def test_unlabelled_d_update_packs_images_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = get_parameters(["--imsize", "32", "--num_classes", "0", *TINY, "--batch_size", "8", "--d_pack", "2"])
+    t = Trainer(train_options(args), model_config(args, 0))
+    seen, _ = _seen_by_d(t, monkeypatch)
+    x = torch.rand(7, 3, 32, 32) * 2 - 1
+    t.d_step([(x, torch.zeros(7, dtype=torch.long))])
+    (real, y_real), (fake, y_fake) = seen
+    assert y_real is None and y_fake is None and fake.shape == (3, 6, 32, 32)
+    assert torch.equal(real, pack_images(x[:6], 2))  # the first six in order; the seventh sits the update out

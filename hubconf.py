@@ -24,5 +24,6 @@ def generator(path: str, device: str | torch.device = "cpu", which: str = "lates
 
 
 def discriminator(path: str, device: str | torch.device = "cpu", which: str = "latest") -> nn.Module:
-    """D in eval mode on `device`: `D(x, y)` gives one logit per image in [-1, 1]."""
+    """D in eval mode on `device`: `D(x, y)` gives one logit per image in [-1, 1] (per pack of `D.cfg.d_pack` images,
+    stacked by `sagan_models.pack_images`, for a D trained with --d_pack)."""
     return load_discriminator(path, which, device)

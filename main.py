@@ -125,9 +125,9 @@ def sample(args: Namespace) -> int:
     loaded = generator_from(path, ckpt, device)
     D = discriminator_from(path, ckpt, device) if args.attn_html or args.drs else None
     if D is not None and D.cfg.d_pack > 1:
-        wants = "--drs scores" if args.drs else "--attn_html shows D's attention on"
-        raise ValueError(f"{wants} single images, and this D judges packs of {D.cfg.d_pack} (--d_pack {D.cfg.d_pack}, PacGAN): "
-                         f"drop {'--drs' if args.drs else '--attn_html'}")
+        flag, wants = ("--drs", "scores") if args.drs else ("--attn_html", "shows D's attention on")
+        raise ValueError(f"{flag} {wants} single images, and this D judges packs of {D.cfg.d_pack} (--d_pack {D.cfg.d_pack}, "
+                         f"PacGAN): drop {flag}")
     del ckpt
     G, step = loaded.G, loaded.step
     for k in TRAINING_DATA_FLAGS:

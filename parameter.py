@@ -563,10 +563,11 @@ def get_parameters(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       "sets where --ms_weight's term measures distance", "needs MSGAN's term on")
     if args.ms_weight and args.batch_size % 2:
         p.error(f"--ms_weight pairs G's batch in halves, so --batch_size must be even, got {args.batch_size}")
-    if args.d_pack > 1 and args.batch_size % (args.d_pack * (2 if args.ms_weight else 1)):
+    group = args.d_pack * (2 if args.ms_weight else 1)  # MSGAN's two halves each hold whole packs
+    if args.d_pack > 1 and args.batch_size % group:
         halves = " halves of" if args.ms_weight else ""
         p.error(f"--d_pack {args.d_pack} packs the{halves} G batch in groups of {args.d_pack}, so --batch_size must be a multiple "
-                f"of {args.d_pack * (2 if args.ms_weight else 1)}, got {args.batch_size}")
+                f"of {group}, got {args.batch_size}")
     if args.drs and args.eval_dir:
         p.error(f"--drs {args.drs:g} keeps or rejects a checkpoint's samples by its D; a folder of images (--eval_dir) has no D: "
                 f"drop one of the two")

@@ -768,7 +768,7 @@ class Trainer:
             x, y = reals[i]
             m = self.cfg.d_pack
             if m > 1:  # whole packs only: of one label each when labelled
-                keep = pack_order(y, m) if self.cfg.num_classes else torch.arange(len(x) - len(x) % m, device=x.device)
+                keep = pack_order(y, m) if self.cfg.num_classes else slice(0, len(x) - len(x) % m)
                 x, y = x[keep], y[keep]
             if self.opts.flip:
                 x = augment.random_flip(x)

@@ -4,6 +4,7 @@ D's input and validation, what D's and G's updates hand D, and the refusals of t
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,8 +116,6 @@ def test_impossible_pack_settings_are_one_error_line(capsys: pytest.CaptureFixtu
 
 
 def test_convert_refuses_a_packed_d() -> None:
-    from types import SimpleNamespace
-
     src = SimpleNamespace(format="studiogan")
     args = get_parameters(["--d_relu_shortcut", "true", "--bn_eps", "1e-4", "--d_pack", "2"])
     assert flag_problems(src, args) == ["studiogan's D judges one image at a time, and --d_pack 2 builds a D for packs: drop --d_pack"]

@@ -93,7 +93,7 @@ def table(real: dict[int, np.ndarray], fake: dict[int, np.ndarray], names: list[
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run folder (models/VERSION), an exported folder or hf://USER/REPO")
     p.add_argument("--which", default="latest", help="'latest', a step or a best checkpoint")
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", default=None)
     p.add_argument("--truncation", type=float, default=None,
                    help="draw z truncated to [-T, T] (default: the run's own --truncation; 0: untruncated)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         if a.n < 1:
             raise EvalError(f"--n {a.n}: pass 1 or more images per class")

@@ -15,6 +15,7 @@ import ablation
 import bench
 import convert
 import export
+import image_stats
 from parameter import PRESETS, build_parser, get_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ EXPORT_STAND_IN = Path(tempfile.mkdtemp(prefix="sagan-docs-")) / "exports" / "x"
 EXPORT_STAND_IN.mkdir(parents=True)
 (EXPORT_STAND_IN / "model.safetensors").touch()
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
-SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py", "export.py")
+SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py", "export.py", "image_stats.py")
 # Flags of the other programs the docs show (torchrun, pip, pytest, SLURM, tensorboard, apt, time).
 FOREIGN_FLAGS = {"--standalone", "--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint",
                  "--shutdown_timeout", "--logdir", "--signal", "--requeue", "--open-mode", "--reinstall", "--help"}
@@ -55,7 +56,7 @@ def command_lines() -> list[tuple[str, int, str]]:
             else:  # inline code that is a command line, not a mention of a file or a flag
                 candidates = [c for c in re.findall(r"`([^`]+)`", line) if re.match(r"(python|bash|torchrun|srun|nohup) ", c)]
             for c in candidates:
-                if re.search(r"\b(main|convert|ablation|bench|export)\.py\b|download\.sh\b", c):
+                if re.search(r"\b(main|convert|ablation|bench|export|image_stats)\.py\b|download\.sh\b", c):
                     out.append((path.name, number, c))
             i += 1
     return out
@@ -125,6 +126,8 @@ def parses(script: str, argv: list[str]) -> None:
         get_parameters(bench.build_parser().parse_known_args(argv)[1])
     elif script == "export.py":
         export.build_parser().parse_args(argv)
+    elif script == "image_stats.py":
+        image_stats.build_parser().parse_args(argv)
     else:
         assert argv and argv[0] in download_names(), f"bash download.sh {argv[0] if argv else ''}: no such target"
 
@@ -154,7 +157,8 @@ def test_every_command_line_in_the_docs_parses(doc: str, number: int, command: s
 
 def known_flags() -> set[str]:
     flags = set(FOREIGN_FLAGS)
-    for parser in (build_parser(), convert.convert_parser(), ablation.build_parser(), bench.build_parser(), export.build_parser()):
+    for parser in (build_parser(), convert.convert_parser(), ablation.build_parser(), bench.build_parser(), export.build_parser(),
+                   image_stats.build_parser()):
         flags.update(s for a in parser._actions for s in a.option_strings)
     return flags
 

@@ -199,7 +199,10 @@ def count_flops(argv: Sequence[str], num_classes: int) -> int:
 def flops_at_batch(argv: Sequence[str], num_classes: int, batch: int) -> int:
     """count_flops at `batch`, from one count at batch 2: the counted work is linear in the batch
     (tests/test_speed.py checks the result against a direct count), and a small iteration costs seconds where one
-    at the bench's batch is a full fp32 iteration under the counter."""
+    at the bench's batch is a full fp32 iteration under the counter. A packed D (--d_pack) is counted at `batch`
+    itself: packs of one label leave some images out of each update, so its work is not linear in the batch."""
+    if get_parameters(list(argv)).d_pack > 1:
+        return count_flops(list(argv) + ["--batch_size", str(batch)], num_classes)
     return count_flops(list(argv) + ["--batch_size", "2"], num_classes) * batch // 2
 
 

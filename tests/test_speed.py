@@ -214,3 +214,16 @@ def test_bench_loader_tools_time_every_decode_path_and_the_cache(tmp_path: Path,
     assert [r["path"] for r in rows] == ["previous path", "full decode, SquareResize", "reduced-size decode", "decoded-image cache"]
     assert rows[0]["ratio"] == 1.0 and all(r["ms_per_image"] > 0 and r["images"] == 4 for r in rows)
     assert rows[3]["ms_per_image"] < rows[1]["ms_per_image"] and rows[3]["build_s"] > 0  # reading beats decoding
+
+
+def test_a_packed_d_is_counted_and_timed_at_the_bench_batch(tmp_path: Path) -> None:
+    """Packs (and MSGAN's halves) rule out the batch-2 FLOP count; the count is made at the bench's batch."""
+    import bench
+
+    base = shlex.split("--imsize 32 --g_conv_dim 8 --d_conv_dim 8 --z_dim 16 --device cpu --d_pack 2 --ms_weight 1")
+    assert bench.flops_at_batch(base, 0, 4) == bench.count_flops(base + ["--batch_size", "4"], 0) > 0
+    out = tmp_path / "p.json"
+    assert bench.main(base + ["--batch_size", "4", "--iters", "1", "--warmup", "0", "--json", str(out),
+                              "--compare", "plain:--d_pack 1|packed:"]) == 0
+    assert out.is_file()
+

@@ -24,6 +24,7 @@ EXPORT_STAND_IN.mkdir(parents=True)
 (EXPORT_STAND_IN / "model.safetensors").touch()
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py", "export.py", "image_stats.py")
+SCRIPT_NAMES = r"\b(" + "|".join(re.escape(s) for s in SCRIPTS) + r")\b|\bdownload\.sh\b"
 # Flags of the other programs the docs show (torchrun, pip, pytest, SLURM, tensorboard, apt, time).
 FOREIGN_FLAGS = {"--standalone", "--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint",
                  "--shutdown_timeout", "--logdir", "--signal", "--requeue", "--open-mode", "--reinstall", "--help"}
@@ -56,7 +57,7 @@ def command_lines() -> list[tuple[str, int, str]]:
             else:  # inline code that is a command line, not a mention of a file or a flag
                 candidates = [c for c in re.findall(r"`([^`]+)`", line) if re.match(r"(python|bash|torchrun|srun|nohup) ", c)]
             for c in candidates:
-                if re.search(r"\b(main|convert|ablation|bench|export|image_stats)\.py\b|download\.sh\b", c):
+                if re.search(SCRIPT_NAMES, c):
                     out.append((path.name, number, c))
             i += 1
     return out

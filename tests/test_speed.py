@@ -226,4 +226,3 @@ def test_a_packed_d_is_counted_and_timed_at_the_bench_batch(tmp_path: Path) -> N
     assert bench.main(base + ["--batch_size", "4", "--iters", "1", "--warmup", "0", "--json", str(out),
                               "--compare", "plain:--d_pack 1|packed:"]) == 0
     assert out.is_file()
-

@@ -23,7 +23,10 @@ EXPORT_STAND_IN = Path(tempfile.mkdtemp(prefix="sagan-docs-")) / "exports" / "x"
 EXPORT_STAND_IN.mkdir(parents=True)
 (EXPORT_STAND_IN / "model.safetensors").touch()
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
-SCRIPTS = ("main.py", "convert.py", "ablation.py", "bench.py", "export.py", "image_stats.py")
+# Each script the docs run, with the parser that knows its flags; a new script is one entry here.
+PARSERS = {"main.py": build_parser, "convert.py": convert.convert_parser, "ablation.py": ablation.build_parser,
+           "bench.py": bench.build_parser, "export.py": export.build_parser, "image_stats.py": image_stats.build_parser}
+SCRIPTS = tuple(PARSERS)
 SCRIPT_NAMES = r"\b(" + "|".join(re.escape(s) for s in SCRIPTS) + r")\b|\bdownload\.sh\b"
 # Flags of the other programs the docs show (torchrun, pip, pytest, SLURM, tensorboard, apt, time).
 FOREIGN_FLAGS = {"--standalone", "--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint",
@@ -121,14 +124,10 @@ def parses(script: str, argv: list[str]) -> None:
         sources, _, rest = convert.split_argv(argv)
         assert sources, "convert.py needs a source first"
         get_parameters(rest)
-    elif script == "ablation.py":
-        get_parameters(ablation.build_parser().parse_known_args(argv)[1])
-    elif script == "bench.py":
-        get_parameters(bench.build_parser().parse_known_args(argv)[1])
-    elif script == "export.py":
-        export.build_parser().parse_args(argv)
-    elif script == "image_stats.py":
-        image_stats.build_parser().parse_args(argv)
+    elif script in ("ablation.py", "bench.py"):  # their own flags, then main.py's
+        get_parameters(PARSERS[script]().parse_known_args(argv)[1])
+    elif script in PARSERS:
+        PARSERS[script]().parse_args(argv)
     else:
         assert argv and argv[0] in download_names(), f"bash download.sh {argv[0] if argv else ''}: no such target"
 
@@ -158,9 +157,8 @@ def test_every_command_line_in_the_docs_parses(doc: str, number: int, command: s
 
 def known_flags() -> set[str]:
     flags = set(FOREIGN_FLAGS)
-    for parser in (build_parser(), convert.convert_parser(), ablation.build_parser(), bench.build_parser(), export.build_parser(),
-                   image_stats.build_parser()):
-        flags.update(s for a in parser._actions for s in a.option_strings)
+    for make_parser in PARSERS.values():
+        flags.update(s for a in make_parser()._actions for s in a.option_strings)
     return flags
 
 

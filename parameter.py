@@ -230,7 +230,8 @@ PRESETS: dict[str, dict] = {
     # (--truncation 1.5), was ahead of the plain recipe on both seeds, where no truncation and 2.0 were not
     # (BENCHMARKS.md, "Truncated z"). D's rejection sampling on top (--drs 80 or 95) did not pass on every seed
     # ("Discriminator rejection sampling (DRS)"), nor TAC-GAN's twin head on top (--d_tac true at --tac_weight 1, 0.3 or
-    # 0.1: "TAC-GAN's twin classifier").
+    # 0.1: "TAC-GAN's twin classifier"), nor twice or three times the class head's weight in G's loss (--ac_g_weight 2
+    # or 3, which failed seed 1 on shirts and the distance: "G's class pull for fmnist_32").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no

@@ -361,10 +361,11 @@ def count_tag(n: int) -> str:
 
 def metric_tag(m: dict) -> str:
     """The suffix of a result's metric names: the sample count, then the truncation when z was truncated,
-    then DRS's percentile when the samples were rejection-sampled (fid10k, cls_acc2k_trunc1.5, fid10k_drs80):
-    a truncated or rejection-sampled evaluation is another metric."""
-    t, q = m.get("truncation") or 0.0, m.get("drs") or 0.0
-    return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "") + (f"_drs{q:g}" if q else "")
+    the number of batches when G's batch-norm statistics were recomputed (--standing_stats), and DRS's
+    percentile when the samples were rejection-sampled (fid10k, cls_acc2k_trunc1.5, fid2k_ss16, fid10k_drs80):
+    each of these evaluations is another metric, with its own names and JSON file."""
+    t, s, q = m.get("truncation") or 0.0, m.get("standing_stats") or 0, m.get("drs") or 0.0
+    return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "") + (f"_ss{s}" if s else "") + (f"_drs{q:g}" if q else "")
 
 
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -413,10 +414,12 @@ def tensorboard_scalars(m: dict) -> dict[str, float]:
 
 
 def truncation_note(m: dict, sep: str) -> str:
-    """The samples line's note on how they were drawn, each part after `sep`: nothing for N(0, I) and every
-    sample kept, the interval of a truncated normal, DRS's percentile and the share of candidates it kept."""
-    t, q = m.get("truncation") or 0.0, m.get("drs") or 0.0
+    """The samples line's note on how they were drawn, each part after `sep`: nothing for N(0, I), G's running
+    batch-norm averages and every sample kept; else the interval of a truncated normal, the batches of standing
+    statistics, DRS's percentile and the share of candidates it kept."""
+    t, s, q = m.get("truncation") or 0.0, m.get("standing_stats") or 0, m.get("drs") or 0.0
     return ((f"{sep}z truncated to [-{t:g}, {t:g}]" if t else "")
+            + (f"{sep}G's batch-norm statistics recomputed over {s} batches" if s else "")
             + (f"{sep}kept by DRS at the {q:g}th percentile: {m['drs_acceptance']:.1%} of {m['drs_candidates']:,} candidates"
                if q else ""))
 
@@ -449,7 +452,8 @@ class Evaluator:
     `__call__(G, n, source)` and `folder(path)` return a result dict with "metrics"; `scalars(metrics)`
     gives the TensorBoard scalars; `best` lists (checkpoint best_<name>, metric, "min"/"max");
     `format(result)` is the plain-text table. `truncation` > 0 draws the samples' z from the truncated
-    normal (`truncate_latents`); the result records it."""
+    normal (`truncate_latents`); the result records it, and `standing_stats` (the batches G's batch-norm
+    statistics were recomputed over before it was passed in, set by main.py) too."""
 
     best = (("fid", "fid", "min"), ("is", "is_10splits", "max"))
     scalars = staticmethod(tensorboard_scalars)
@@ -460,6 +464,7 @@ class Evaluator:
         self.net = Inception(weights, device)
         self.batch_size, self.truncation = batch_size, truncation
         self.drs: RejectionSampler | None = None  # set by main.py for --drs: score the samples DRS keeps
+        self.standing_stats = 0  # set by main.py for --standing_stats: recorded, and named in the metrics
         self.dataset = dataset
         self.ref = reference_stats(dataset, dataset_name, imsize, self.net, cache_dir, n_ref, batch_size, num_workers)
         self.imsize = imsize
@@ -479,6 +484,8 @@ class Evaluator:
     def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
         fake = generator_features(G, self.net, n, self.batch_size, truncation=self.truncation, drs=self.drs)
         result = self._result(source, fake, self.truncation)
+        if self.standing_stats:
+            result["metrics"]["standing_stats"] = self.standing_stats
         if self.drs is not None:
             result["metrics"].update(self.drs.summary())
         return result

@@ -111,6 +111,8 @@ def test_a_d_that_prefers_g_to_real_data_is_one_error_line() -> None:
 def test_rejection_sampled_metrics_carry_the_percentile_in_their_names() -> None:
     assert metric_tag({"samples": 2000, "truncation": 1.5, "drs": 80.0}) == "2k_trunc1.5_drs80"
     assert metric_tag({"samples": 10000, "drs": 0.0}) == "10k"
+    assert metric_tag({"samples": 2000, "truncation": 1.5, "standing_stats": 16, "drs": 80.0}) == "2k_trunc1.5_ss16_drs80"
+    assert metric_tag({"samples": 2000, "standing_stats": 0}) == "2k"
 
 
 def test_the_inception_evaluation_scores_the_kept_samples_and_names_them(weights: Path, tmp_path: Path) -> None:

@@ -254,6 +254,13 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
     assert "gan_test40 (GAN-test: the lower of the two)" in out and "z truncated" not in out
     saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40.json").read_text())
     assert saved["metrics"]["truncation"] == 0.0 and (workdir / "models/fm/eval_best_cls_acc_40_trunc1.5.json").is_file()
+    # standing statistics: another metric again, named and filed apart from the running averages' one
+    assert main([*evaluate, "--standing_stats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "gan_test40_trunc1.5_ss2 (GAN-test" in out and "G's batch-norm statistics recomputed over 2 batches" in out
+    saved = json.loads((workdir / "models/fm/eval_best_cls_acc_40_trunc1.5_ss2.json").read_text())
+    plain = json.loads((workdir / "models/fm/eval_best_cls_acc_40_trunc1.5.json").read_text())
+    assert saved["metrics"]["standing_stats"] == 2 and "standing_stats" not in plain["metrics"]
 
 
 def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path) -> None:

@@ -145,6 +145,12 @@ def test_generator_and_folder_agree_and_mode_restored(weights: Path, tmp_path: P
     assert "  20, z truncated to [-0.5, 0.5]" in ev.format(t) and set(ev.scalars(t["metrics"])) >= {"metrics/fid20_trunc0.5"}
     trunc_files = write_samples(G, tmp_path / "trunc", 20, truncation=0.5)
     assert [f.name for f in trunc_files] == [f.name for f in files]
+    ev.standing_stats = 4  # --standing_stats 4: G arrives with its statistics recomputed; the result says so
+    s = ev(G, 20)
+    assert s["metrics"]["standing_stats"] == 4 and "standing_stats" not in t["metrics"]
+    assert "z truncated to [-0.5, 0.5], G's batch-norm statistics recomputed over 4 batches" in ev.format(s)
+    assert set(ev.scalars(s["metrics"])) >= {"metrics/fid20_trunc0.5_ss4"}
+    assert "standing_stats" not in ev.folder(tmp_path / "fakes")["metrics"]  # nothing was recomputed for a folder
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy() -> None:

@@ -290,7 +290,6 @@ class ClassifierEvaluator:
         self.num_classes, self.device, self.batch_size, self.seed = num_classes, device, batch_size, seed
         self.truncation = truncation  # > 0: the samples' z from the truncated normal (sagan_models.truncate_latents)
         self.drs: RejectionSampler | None = None  # set by main.py for --drs: score the samples DRS keeps
-        self.standing_stats = 0  # set by main.py for --standing_stats: recorded, and named in the metrics
         self.name, self.imsize, self.dataset = dataset_name, imsize, dataset
         self.class_names = list(getattr(dataset, "class_names", None) or getattr(getattr(dataset, "dataset", None), "class_names", None)
                                 or [str(c) for c in range(num_classes)])
@@ -427,8 +426,8 @@ class ClassifierEvaluator:
             "real": self.real_figures(n),
         }
         m["gan_test"] = min(m["cls_acc"], m["ind_acc"])
-        if self.standing_stats:
-            m["standing_stats"] = self.standing_stats
+        if getattr(G, "standing_stats", 0):  # sagan_models.standing_stats marks the G it recomputed
+            m["standing_stats"] = G.standing_stats
         if self.drs is not None:
             m.update(self.drs.summary())
         return {"source": source, "metrics": m,

@@ -78,19 +78,16 @@ def build_evaluator(args: Namespace, device: torch.device, dataset: Dataset | No
                 raise
     if dataset is None:
         dataset, _ = build_dataset(data_spec(args))
-    evaluator: Evaluator | ClassifierEvaluator
     if weights is not None:
-        evaluator = Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
-                              args.eval_ref_samples, args.eval_batch_size, workers_for(args.num_workers, dataset), args.truncation)
-    else:
-        test = build_test_split(data_spec(args))
-        if test is None:
-            raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(classifier_datasets())}); "
-                            f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
-        evaluator = ClassifierEvaluator(dataset, test, name, args.imsize, test.num_classes, device, cache_root(args.eval_cache_dir),
-                                        args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED, args.truncation)
-    evaluator.standing_stats = args.standing_stats  # the G it scores arrives with them recomputed (sample, Trainer.G_eval)
-    return evaluator
+        return Evaluator(dataset, name, args.imsize, weights, device, cache_root(args.eval_cache_dir),
+                         args.eval_ref_samples, args.eval_batch_size, workers_for(args.num_workers, dataset), args.truncation)
+    test = build_test_split(data_spec(args))
+    if test is None:
+        raise EvalError(f"the classifier metric needs a labelled dataset with a held-out split ({', '.join(classifier_datasets())}); "
+                        f"{args.dataset} has none: use --eval_metric inception with Inception weights (bash download.sh inception)")
+    return ClassifierEvaluator(dataset, test, name, args.imsize, test.num_classes, device,
+                               cache_root(args.eval_cache_dir), args.eval_ref_samples, args.eval_batch_size, CLASSIFIER_SEED,
+                               args.truncation)
 
 
 def report(result: dict, json_path: Path, evaluator: "Evaluator | ClassifierEvaluator") -> None:

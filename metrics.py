@@ -452,8 +452,8 @@ class Evaluator:
     `__call__(G, n, source)` and `folder(path)` return a result dict with "metrics"; `scalars(metrics)`
     gives the TensorBoard scalars; `best` lists (checkpoint best_<name>, metric, "min"/"max");
     `format(result)` is the plain-text table. `truncation` > 0 draws the samples' z from the truncated
-    normal (`truncate_latents`); the result records it, and `standing_stats` (the batches G's batch-norm
-    statistics were recomputed over before it was passed in, set by main.py) too."""
+    normal (`truncate_latents`); the result records it, and the batches G's batch-norm statistics were
+    recomputed over when G comes from `sagan_models.standing_stats`."""
 
     best = (("fid", "fid", "min"), ("is", "is_10splits", "max"))
     scalars = staticmethod(tensorboard_scalars)
@@ -464,7 +464,6 @@ class Evaluator:
         self.net = Inception(weights, device)
         self.batch_size, self.truncation = batch_size, truncation
         self.drs: RejectionSampler | None = None  # set by main.py for --drs: score the samples DRS keeps
-        self.standing_stats = 0  # set by main.py for --standing_stats: recorded, and named in the metrics
         self.dataset = dataset
         self.ref = reference_stats(dataset, dataset_name, imsize, self.net, cache_dir, n_ref, batch_size, num_workers)
         self.imsize = imsize
@@ -484,8 +483,8 @@ class Evaluator:
     def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
         fake = generator_features(G, self.net, n, self.batch_size, truncation=self.truncation, drs=self.drs)
         result = self._result(source, fake, self.truncation)
-        if self.standing_stats:
-            result["metrics"]["standing_stats"] = self.standing_stats
+        if getattr(G, "standing_stats", 0):  # sagan_models.standing_stats marks the G it recomputed
+            result["metrics"]["standing_stats"] = G.standing_stats
         if self.drs is not None:
             result["metrics"].update(self.drs.summary())
         return result

@@ -651,6 +651,7 @@ def standing_stats(G: nn.Module, batches: int, batch_size: int = 64, seed: int =
         G2(z, y)
     for m, mom in zip(bns, momenta):
         m.momentum = mom
+    G2.standing_stats = batches  # evaluations read it from here, so their record is this G's own (metrics.metric_tag)
     return G2.eval()
 
 

@@ -280,7 +280,8 @@ class ClassifierEvaluator:
     Same interface as `metrics.Evaluator`: the result dict, `scalars`, `best`, `format`. The best_*
     checkpoints are chosen by the tuning classifier alone."""
 
-    best = (("cls_acc", "cls_acc", "max"), ("fid_cls", "fid_cls", "min"))  # (checkpoint best_<name>, metric, direction)
+    best = (("cls_acc", "cls_acc", "max"), ("fid_cls", "fid_cls", "min"),  # (checkpoint best_<name>, metric, direction)
+            ("cls_min", "cls_acc_min", "max"))
 
     def __init__(self, dataset: Dataset, test: Dataset, dataset_name: str, imsize: int, num_classes: int,
                  device: torch.device, cache_dir: Path, n_ref: int, batch_size: int = 64, seed: int = 0,
@@ -426,6 +427,8 @@ class ClassifierEvaluator:
             "real": self.real_figures(n),
         }
         m["gan_test"] = min(m["cls_acc"], m["ind_acc"])
+        drawn = [a for a in m["cls_acc_per_class"] if a == a]  # classes with samples (a class without any is nan)
+        m["cls_acc_min"] = min(drawn, default=float("nan"))  # the weakest class by the tuning classifier: best_cls_min
         if getattr(G, "standing_stats", 0):  # sagan_models.standing_stats marks the G it recomputed
             m["standing_stats"] = G.standing_stats
         if self.drs is not None:
@@ -457,8 +460,8 @@ class ClassifierEvaluator:
     @staticmethod
     def scalars(m: dict) -> dict[str, float]:
         t = metric_tag(m)
-        names = ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision", "cls_recall", "ind_fd",
-                 "ind_precision", "ind_recall")
+        names = ("gan_test", "cls_acc", "cls_acc_min", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision", "cls_recall",
+                 "ind_fd", "ind_precision", "ind_recall")
         return {f"metrics/{k}{t}": m[k] for k in names}
 
     @staticmethod

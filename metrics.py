@@ -495,7 +495,7 @@ class Evaluator:
 
 # The best checkpoints kept by --eval_step, as the papers' tables report best-FID/IS steps: the `best`
 # names of both evaluators (Inception here, the offline classifier metric in classifier.py).
-NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls")
+NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls", "best_cls_min")
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -60,7 +60,7 @@ def resolutions(v: str) -> tuple[int, ...] | None:
 
 
 def optional_step(v: str) -> str | None:
-    """--pretrained_model: a step number, 'latest', a best checkpoint (best_fid, best_is, best_cls_acc, best_fid_cls), or None."""
+    """--pretrained_model: a step number, 'latest', a best checkpoint (best_fid, best_is, best_cls_acc, best_fid_cls, best_cls_min), or None."""
     s = v.strip()
     if s.lower() in ("none", ""):
         return None
@@ -232,7 +232,8 @@ PRESETS: dict[str, dict] = {
     # ("Discriminator rejection sampling (DRS)"), nor TAC-GAN's twin head on top (--d_tac true at --tac_weight 1, 0.3 or
     # 0.1: "TAC-GAN's twin classifier"), nor twice or three times the class head's weight in G's loss (--ac_g_weight 2
     # or 3, which failed seed 1 on shirts and the distance: "G's class pull for fmnist_32"), nor standing statistics
-    # (--standing_stats 16: ahead on one draw of three, "Standing statistics for fmnist_32").
+    # (--standing_stats 16: ahead on one draw of three, "Standing statistics for fmnist_32"), nor the tail's snapshot with
+    # the best weakest class, nor the average of the tail's snapshots ("The tail's best snapshot, and its average").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no
@@ -426,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--compile", type=str2bool, default=False, help="torch.compile the training-mode G and D")
 
     m = p.add_argument_group("run")
-    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc' or 'best_fid_cls'; or an "
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc', 'best_fid_cls' or 'best_cls_min'; or an "
                         "exported folder or hf://USER/REPO (export.py) to sample from or fine-tune (its weights; fresh optimizers)")
     m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest), write a sample grid, and evaluate or write samples if asked")
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")

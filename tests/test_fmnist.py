@@ -149,15 +149,22 @@ def test_classifier_metric_on_real_images_and_cache(tmp_path: Path, capsys: pyte
     # collapse inside each class: still in its class and on the real manifold, but recall in either space falls
     one = ev(OneImagePerClassG(train, 10), 500)["metrics"]
     assert one["cls_acc"] > 0.9 and one["cls_precision"] > 0.9
-    assert one["cls_recall"] < 0.1 and one["ind_recall"] < 0.1 and max(one["cls_recall_per_class"]) < 0.1
+    # the weakest class (best_cls_min): the lowest per-class accuracy, over the classes that were drawn
     noise = ev(NoiseG(train, 10), 500)["metrics"]
+    for m in (real, one, noise):
+        assert m["cls_acc_min"] == min(m["cls_acc_per_class"]) and m["cls_acc_min"] <= m["cls_acc"]
+    assert noise["cls_acc_min"] < 0.3 < 0.85 < one["cls_acc_min"]
+    few = ev(RealImagesG(train, 10), 10)["metrics"]  # 10 uniform labels: some classes have no sample (nan)
+    drawn = [a for a in few["cls_acc_per_class"] if a == a]
+    assert len(drawn) < 10 and few["cls_acc_min"] == min(drawn)
+    assert one["cls_recall"] < 0.1 and one["ind_recall"] < 0.1 and max(one["cls_recall_per_class"]) < 0.1
     assert noise["cls_acc"] < 0.5 and noise["ind_acc"] < 0.5 and noise["gan_train_acc"] < 0.5
     assert noise["fid_cls"] > 5 * real["fid_cls"] and noise["ind_fd"] > 5 * real["ind_fd"]
     assert noise["ind_precision"] < 0.1 and noise["ind_recall"] < 0.1 and noise["cls_precision"] < 0.1
     assert noise["real"]["images"] == 500  # the scale is computed at the samples' own count
-    assert set(ev.scalars(real)) == {f"metrics/{k}2k" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls",
-                                                                  "cls_precision", "cls_recall", "ind_fd", "ind_precision",
-                                                                  "ind_recall")}
+    assert set(ev.scalars(real)) == {f"metrics/{k}2k" for k in ("gan_test", "cls_acc", "cls_acc_min", "ind_acc", "gan_train_acc",
+                                                                  "fid_cls", "cls_precision", "cls_recall", "ind_fd",
+                                                                  "ind_precision", "ind_recall")}
     table = ev.format(ev(RealImagesG(train, 10), 50))
     for text in ("gan_test50 (GAN-test: the lower of the two)", "ind_recall50", "cls_recall50 (tuning, k=3, vs test)",
                  "real training images", "Coat",
@@ -227,7 +234,8 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
     rec = [json.loads(line) for line in (workdir / "models/fm/metrics.jsonl").read_text().splitlines()]
     assert rec[-1]["step"] == 2 and {"cls_acc", "gan_train_acc", "fid_cls", "cls_acc_per_class", "gan_test", "ind_acc",
                                      "ind_fd_per_class", "ind_recall_per_class", "cls_recall_per_class", "real"} <= set(rec[-1])
-    assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} == {"best_cls_acc.pt", "best_fid_cls.pt"}
+    assert {p.name for p in (workdir / "models/fm").glob("best_*.pt")} \
+        == {"best_cls_acc.pt", "best_fid_cls.pt", "best_cls_min.pt"}
     assert rec[-1]["truncation"] == 1.5  # the preset samples z truncated to [-1.5, 1.5], and names its metrics so
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -304,9 +312,9 @@ def test_a_truncated_evaluation_draws_truncated_z_for_the_same_labels_and_says_s
     assert torch.equal(z1, truncate_latents(z0, 0.5))  # the same draw, mapped
     m = results[0.5]["metrics"]
     assert m["truncation"] == 0.5 and results[0.0]["metrics"]["truncation"] == 0.0
-    assert set(ev.scalars(m)) == {f"metrics/{k}30_trunc0.5" for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc",
-                                                                     "fid_cls", "cls_precision", "cls_recall", "ind_fd",
-                                                                     "ind_precision", "ind_recall")}
+    assert set(ev.scalars(m)) == {f"metrics/{k}30_trunc0.5" for k in ("gan_test", "cls_acc", "cls_acc_min", "ind_acc",
+                                                                     "gan_train_acc", "fid_cls", "cls_precision", "cls_recall",
+                                                                     "ind_fd", "ind_precision", "ind_recall")}
     table = ev.format(results[0.5])
     assert "30 (uniform labels; z truncated to [-0.5, 0.5])" in table and "cls_acc30_trunc0.5 (tuning classifier)" in table
     assert "z truncated" not in ev.format(results[0.0])

@@ -271,6 +271,30 @@ def test_fmnist_preset_short_run_writes_classifier_metrics(workdir: Path, capsys
     assert saved["metrics"]["standing_stats"] == 2 and "standing_stats" not in plain["metrics"]
 
 
+def test_best_cls_min_keeps_the_evaluation_whose_weakest_class_is_strongest(tmp_path: Path) -> None:
+    """The classifier evaluator's best_* bookkeeping through metrics.MetricsLog, with scripted figures: best_cls_min
+    is saved when the weakest class improves (not on a tie), and its value travels in `best`."""
+    from metrics import MetricsLog
+
+    class Scripted:
+        best, scalars = ClassifierEvaluator.best, staticmethod(ClassifierEvaluator.scalars)
+
+        def __init__(self, weakest: list[float]) -> None:
+            self.weakest = iter(weakest)
+
+        def __call__(self, G: nn.Module, n: int, source: str) -> dict:
+            m = {k: 0.5 for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision",
+                                  "cls_recall", "ind_fd", "ind_precision", "ind_recall")}
+            return {"metrics": {**m, "samples": n, "cls_acc_min": next(self.weakest)}}
+
+    log, ev, saved = MetricsLog(tmp_path / "metrics.jsonl"), Scripted([0.6, 0.8, 0.7, 0.8]), []
+    for step in (1, 2, 3, 4):
+        log.evaluate(ev, nn.Identity(), 2000, step, 0.0, 0.0, "G", None, lambda name, step=step: saved.append((name, step)))
+    assert [step for name, step in saved if name == "best_cls_min"] == [1, 2] and log.best["cls_min"] == 0.8
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["cls_acc_min"] for r in records] == [0.6, 0.8, 0.7, 0.8]
+
+
 def test_the_classifier_metric_draws_nothing_from_the_global_rng(tmp_path: Path) -> None:
     fake_fmnist(tmp_path / "fm", n_train=120, n_test=40)
     a = args_for(tmp_path / "fm")

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from metrics import (EvalError, count_tag, dataset_fingerprint, fid_from_stats, generate, metric_tag, private_rng,
-                     reference_indices, save_atomic, to_uint8, truncation_note)
+                     reference_indices, sampling_record, save_atomic, to_uint8, truncation_note)
 from progress import check_abort, track
 
 if TYPE_CHECKING:
@@ -429,10 +429,7 @@ class ClassifierEvaluator:
         m["gan_test"] = min(m["cls_acc"], m["ind_acc"])
         drawn = [a for a in m["cls_acc_per_class"] if a == a]  # classes with samples (a class without any is nan)
         m["cls_acc_min"] = min(drawn, default=float("nan"))  # the weakest class by the tuning classifier: best_cls_min
-        if getattr(G, "standing_stats", 0):  # sagan_models.standing_stats marks the G it recomputed
-            m["standing_stats"] = G.standing_stats
-        if self.drs is not None:
-            m.update(self.drs.summary())
+        m.update(sampling_record(G, self.drs))
         return {"source": source, "metrics": m,
                 "reference": {"dataset": self.name, "split": "train", "imsize": self.imsize, "n": self.meta["n_ref"],
                               "fingerprint": self.meta["train"][:16], "cache": str(self.path), "cache_hit": self.cache_hit},

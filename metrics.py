@@ -359,12 +359,26 @@ def count_tag(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+def sampling_of(m: dict) -> tuple[float, int, float]:
+    """How a result's samples were drawn: (truncation, standing-statistics batches, DRS percentile), 0 where unused."""
+    return m.get("truncation") or 0.0, m.get("standing_stats") or 0, m.get("drs") or 0.0
+
+
+def sampling_record(G: nn.Module, drs: RejectionSampler | None) -> dict:
+    """What an evaluation of G records beyond its truncation: the batches G's batch-norm statistics were
+    recomputed over (`sagan_models.standing_stats` marks the G it returns) and DRS's summary."""
+    out = {"standing_stats": G.standing_stats} if getattr(G, "standing_stats", 0) else {}
+    if drs is not None:
+        out.update(drs.summary())
+    return out
+
+
 def metric_tag(m: dict) -> str:
     """The suffix of a result's metric names: the sample count, then the truncation when z was truncated,
     the number of batches when G's batch-norm statistics were recomputed (--standing_stats), and DRS's
     percentile when the samples were rejection-sampled (fid10k, cls_acc2k_trunc1.5, fid2k_ss16, fid10k_drs80):
     each of these evaluations is another metric, with its own names and JSON file."""
-    t, s, q = m.get("truncation") or 0.0, m.get("standing_stats") or 0, m.get("drs") or 0.0
+    t, s, q = sampling_of(m)
     return count_tag(m["samples"]) + (f"_trunc{t:g}" if t else "") + (f"_ss{s}" if s else "") + (f"_drs{q:g}" if q else "")
 
 
@@ -417,7 +431,7 @@ def truncation_note(m: dict, sep: str) -> str:
     """The samples line's note on how they were drawn, each part after `sep`: nothing for N(0, I), G's running
     batch-norm averages and every sample kept; else the interval of a truncated normal, the batches of standing
     statistics, DRS's percentile and the share of candidates it kept."""
-    t, s, q = m.get("truncation") or 0.0, m.get("standing_stats") or 0, m.get("drs") or 0.0
+    t, s, q = sampling_of(m)
     return ((f"{sep}z truncated to [-{t:g}, {t:g}]" if t else "")
             + (f"{sep}G's batch-norm statistics recomputed over {s} batches" if s else "")
             + (f"{sep}kept by DRS at the {q:g}th percentile: {m['drs_acceptance']:.1%} of {m['drs_candidates']:,} candidates"
@@ -483,10 +497,7 @@ class Evaluator:
     def __call__(self, G: nn.Module, n: int, source: str = "generator") -> dict:
         fake = generator_features(G, self.net, n, self.batch_size, truncation=self.truncation, drs=self.drs)
         result = self._result(source, fake, self.truncation)
-        if getattr(G, "standing_stats", 0):  # sagan_models.standing_stats marks the G it recomputed
-            result["metrics"]["standing_stats"] = G.standing_stats
-        if self.drs is not None:
-            result["metrics"].update(self.drs.summary())
+        result["metrics"].update(sampling_record(G, self.drs))
         return result
 
     def folder(self, folder: Path) -> dict:

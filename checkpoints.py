@@ -48,7 +48,7 @@ def step_numbers(folder: Path) -> list[int]:
 
 
 def checkpoint_path(folder: Path, which: str) -> Path:
-    """`which` is a step number, 'latest', or a best checkpoint `best_<metric>` (metrics.NAMED_CHECKPOINTS)."""
+    """`which` is a step number, 'latest', or a best checkpoint `best_<metric>` (parameter.NAMED_CHECKPOINTS)."""
     steps = step_numbers(folder)
     if which == "latest":
         pointer = folder / "latest"

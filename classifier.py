@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -282,6 +283,8 @@ class ClassifierEvaluator:
 
     best = (("cls_acc", "cls_acc", "max"), ("fid_cls", "fid_cls", "min"),  # (checkpoint best_<name>, metric, direction)
             ("cls_min", "cls_acc_min", "max"))
+    SCALARS = ("gan_test", "cls_acc", "cls_acc_min", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision", "cls_recall",
+               "ind_fd", "ind_precision", "ind_recall")  # the figures logged to TensorBoard (`scalars`)
 
     def __init__(self, dataset: Dataset, test: Dataset, dataset_name: str, imsize: int, num_classes: int,
                  device: torch.device, cache_dir: Path, n_ref: int, batch_size: int = 64, seed: int = 0,
@@ -427,7 +430,7 @@ class ClassifierEvaluator:
             "real": self.real_figures(n),
         }
         m["gan_test"] = min(m["cls_acc"], m["ind_acc"])
-        drawn = [a for a in m["cls_acc_per_class"] if a == a]  # classes with samples (a class without any is nan)
+        drawn = [a for a in m["cls_acc_per_class"] if not math.isnan(a)]  # classes with samples (one without any is nan)
         m["cls_acc_min"] = min(drawn, default=float("nan"))  # the weakest class by the tuning classifier: best_cls_min
         m.update(sampling_record(G, self.drs))
         return {"source": source, "metrics": m,
@@ -457,9 +460,7 @@ class ClassifierEvaluator:
     @staticmethod
     def scalars(m: dict) -> dict[str, float]:
         t = metric_tag(m)
-        names = ("gan_test", "cls_acc", "cls_acc_min", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision", "cls_recall",
-                 "ind_fd", "ind_precision", "ind_recall")
-        return {f"metrics/{k}{t}": m[k] for k in names}
+        return {f"metrics/{k}{t}": m[k] for k in ClassifierEvaluator.SCALARS}
 
     @staticmethod
     def format(result: dict) -> str:

@@ -504,10 +504,6 @@ class Evaluator:
         return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))
 
 
-# The best checkpoints kept by --eval_step, as the papers' tables report best-FID/IS steps: the `best`
-# names of both evaluators (Inception here, the offline classifier metric in classifier.py).
-NAMED_CHECKPOINTS = ("best_fid", "best_is", "best_cls_acc", "best_fid_cls", "best_cls_min")
-
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush it to disk (metrics.jsonl is append-only)."""

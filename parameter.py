@@ -24,7 +24,8 @@ from typing import Callable, NoReturn, Sequence
 
 import augment
 from data_loader import ALIASES, DATASETS, DataSpec
-from metrics import NAMED_CHECKPOINTS, WEIGHTS_NAME
+from classifier import ClassifierEvaluator
+from metrics import WEIGHTS_NAME, Evaluator
 from sagan_models import ARCHS, ATTN_BACKENDS, ATTN_BLOCKS, ATTN_VARIANTS, CONVT_SN_DIMS, IMSIZES, INITS, SN_LAYERS, ModelConfig
 from trainer import MS_SPACES, TrainOptions
 
@@ -59,8 +60,13 @@ def resolutions(v: str) -> tuple[int, ...] | None:
         raise argparse.ArgumentTypeError(f"expected comma-separated feature resolutions such as 16,32, or none; got {v!r}")
 
 
+# The best checkpoints kept by --eval_step, as the papers' tables report best-FID/IS steps: best_<name> for each
+# `best` entry of both evaluators (Inception in metrics.py, the offline classifier metric in classifier.py).
+NAMED_CHECKPOINTS = tuple(f"best_{name}" for name, _, _ in (*Evaluator.best, *ClassifierEvaluator.best))
+
+
 def optional_step(v: str) -> str | None:
-    """--pretrained_model: a step number, 'latest', a best checkpoint (best_fid, best_is, best_cls_acc, best_fid_cls, best_cls_min), or None."""
+    """--pretrained_model: a step number, 'latest', a best checkpoint (NAMED_CHECKPOINTS), or None."""
     s = v.strip()
     if s.lower() in ("none", ""):
         return None
@@ -431,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--compile", type=str2bool, default=False, help="torch.compile the training-mode G and D")
 
     m = p.add_argument_group("run")
-    m.add_argument("--pretrained_model", type=optional_step, default=None, help="checkpoint to resume or sample from: a step, 'latest', 'best_fid', 'best_is', 'best_cls_acc', 'best_fid_cls' or 'best_cls_min'; or an "
+    m.add_argument("--pretrained_model", type=optional_step, default=None, help=f"checkpoint to resume or sample from: a step, 'latest' or {', '.join(NAMED_CHECKPOINTS)}; or an "
                         "exported folder or hf://USER/REPO (export.py) to sample from or fine-tune (its weights; fresh optimizers)")
     m.add_argument("--train", type=str2bool, default=True, help="false: load --pretrained_model (default latest), write a sample grid, and evaluate or write samples if asked")
     m.add_argument("--dry_run", action="store_true", help="print the resolved config and parameter counts, then exit")

@@ -283,8 +283,7 @@ def test_best_cls_min_keeps_the_evaluation_whose_weakest_class_is_strongest(tmp_
             self.weakest = iter(weakest)
 
         def __call__(self, G: nn.Module, n: int, source: str) -> dict:
-            m = {k: 0.5 for k in ("gan_test", "cls_acc", "ind_acc", "gan_train_acc", "fid_cls", "cls_precision",
-                                  "cls_recall", "ind_fd", "ind_precision", "ind_recall")}
+            m = dict.fromkeys(ClassifierEvaluator.SCALARS, 0.5)
             return {"metrics": {**m, "samples": n, "cls_acc_min": next(self.weakest)}}
 
     log, ev, saved = MetricsLog(tmp_path / "metrics.jsonl"), Scripted([0.6, 0.8, 0.7, 0.8]), []

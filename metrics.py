@@ -504,7 +504,6 @@ class Evaluator:
         return self._result(str(folder), folder_features(folder, self.imsize, self.net, self.batch_size))
 
 
-
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush it to disk (metrics.jsonl is append-only)."""
     with open(path, "a") as f:

@@ -243,7 +243,9 @@ PRESETS: dict[str, dict] = {
     # packing by label with three times G's class pull (--d_pack 2 --ac_g_weight 3, over 1,800 or 2,200 steps: it
     # failed seed 1 on shirts; "Packing by label with G's class pull, for fmnist_32"). Twice the length (3,600 steps,
     # 28.7 minutes on an Intel Xeon) halved the distance but met the class floor on one draw of three, as 1,800 do
-    # ("Twice the length: what a larger budget buys fmnist_32").
+    # ("Twice the length: what a larger budget buys fmnist_32"). A lower truncation for the weakest classes met the
+    # floor by drawing one shape per such class, and D's class head accepts G's shirts, so rejection by it gains little
+    # ("Sampling-time levers for the weakest class").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no

@@ -245,7 +245,8 @@ PRESETS: dict[str, dict] = {
     # 28.7 minutes on an Intel Xeon) halved the distance but met the class floor on one draw of three, as 1,800 do
     # ("Twice the length: what a larger budget buys fmnist_32"). A lower truncation for the weakest classes met the
     # floor by drawing one shape per such class, and D's class head accepts G's shirts, so rejection by it gains little
-    # ("Sampling-time levers for the weakest class").
+    # ("Sampling-time levers for the weakest class"). Three or ten times the head's weight in D's loss, G's pull at 1
+    # (--ac_weight 3 or 10 --ac_g_weight 1), failed the rule on one seed each ("A stronger class head in D").
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no

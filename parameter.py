@@ -227,26 +227,13 @@ PRESETS: dict[str, dict] = {
     "nonlocal_sagan_celeb_64": {**_PORT_64, "dataset": "celeb", "span": 3, "d_attn": (8,)},
     # Fashion-MNIST on 2 CPU cores in 30 minutes, both classifiers' training included (README, "The Fashion-MNIST result";
     # BENCHMARKS.md, "The second fmnist_32"): a narrower G (12) against D (16) and two D steps per G step, which
-    # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250. Two seeds with
-    # BigGAN's class conditioning (--g_shared_dim 128 --g_hier true) were no better ("BigGAN's class conditioning in G"),
-    # nor two with the EMA decay of fmnist_32_long, 0.995 ("A longer EMA for fmnist_32"), nor two with the rates
-    # quartered at step 1,250 (--lr_decay 0.25, "Quartered rates for the tail of fmnist_32"), nor two each with an
-    # auxiliary classifier in D alone (--d_ac true at --ac_weight 1 and 0.1: "An auxiliary classifier in D"). That head
-    # with MSGAN's mode-seeking term (--d_ac true --ms_weight 1), its samples drawn from z truncated to [-1.5, 1.5]
-    # (--truncation 1.5), was ahead of the plain recipe on both seeds, where no truncation and 2.0 were not
-    # (BENCHMARKS.md, "Truncated z"). D's rejection sampling on top (--drs 80 or 95) did not pass on every seed
-    # ("Discriminator rejection sampling (DRS)"), nor TAC-GAN's twin head on top (--d_tac true at --tac_weight 1, 0.3 or
-    # 0.1: "TAC-GAN's twin classifier"), nor twice or three times the class head's weight in G's loss (--ac_g_weight 2
-    # or 3, which failed seed 1 on shirts and the distance: "G's class pull for fmnist_32"), nor standing statistics
-    # (--standing_stats 16: ahead on one draw of three, "Standing statistics for fmnist_32"), nor the tail's snapshot with
-    # the best weakest class, nor the average of the tail's snapshots ("The tail's best snapshot, and its average"), nor
-    # packing by label with three times G's class pull (--d_pack 2 --ac_g_weight 3, over 1,800 or 2,200 steps: it
-    # failed seed 1 on shirts; "Packing by label with G's class pull, for fmnist_32"). Twice the length (3,600 steps,
-    # 28.7 minutes on an Intel Xeon) halved the distance but met the class floor on one draw of three, as 1,800 do
-    # ("Twice the length: what a larger budget buys fmnist_32"). A lower truncation for the weakest classes met the
-    # floor by drawing one shape per such class, and D's class head accepts G's shirts, so rejection by it gains little
-    # ("Sampling-time levers for the weakest class"). Three or ten times the head's weight in D's loss, G's pull at 1
-    # (--ac_weight 3 or 10 --ac_g_weight 1), failed the rule on one seed each ("A stronger class head in D").
+    # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250. D's auxiliary
+    # classifier head with MSGAN's mode-seeking term (--d_ac true --ms_weight 1), its samples drawn from z truncated to
+    # [-1.5, 1.5] (--truncation 1.5), was ahead of the plain recipe on both seeds, where no truncation and 2.0 were not
+    # (BENCHMARKS.md, "Truncated z"). Every change tried on it and not adopted, with its figures and why (among them
+    # BigGAN's conditioning, a longer EMA, DRS, TAC-GAN's twin, G's class pull, standing statistics, packing, twice the
+    # length, a per-class truncation and a stronger class head in D): the sections under "The second fmnist_32" and
+    # "The third fmnist_32" in BENCHMARKS.md.
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no

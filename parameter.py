@@ -230,10 +230,8 @@ PRESETS: dict[str, dict] = {
     # learned fastest by the tuning classifier's figures; the rates halved and an EMA G from step 1,250. D's auxiliary
     # classifier head with MSGAN's mode-seeking term (--d_ac true --ms_weight 1), its samples drawn from z truncated to
     # [-1.5, 1.5] (--truncation 1.5), was ahead of the plain recipe on both seeds, where no truncation and 2.0 were not
-    # (BENCHMARKS.md, "Truncated z"). Every change tried on it and not adopted, with its figures and why (among them
-    # BigGAN's conditioning, a longer EMA, DRS, TAC-GAN's twin, G's class pull, standing statistics, packing, twice the
-    # length, a per-class truncation or one of 1.25, a stronger class head in D and MSGAN's term at 0.5 or 0.7): the
-    # sections under "The second fmnist_32" and "The third fmnist_32" in BENCHMARKS.md.
+    # (BENCHMARKS.md, "Truncated z"). Every change tried on it and not adopted, with its figures and why: the sections
+    # under "The second fmnist_32" and "The third fmnist_32" in BENCHMARKS.md.
     "fmnist_32": dict(_FMNIST, total_step=1800, lr_decay_step=1250, ema_start=1250, eval_step=600, model_save_step=600,
                       sample_step=600, ms_weight=1.0, truncation=1.5),
     # fmnist_32's class head with MSGAN's term at 0.3 in D's features (--d_ac true --ms_weight 0.3 --ms_space d), no
